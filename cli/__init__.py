@@ -1,0 +1,1 @@
+"""Command-line apps (typer), thin wiring over train/export/runtime."""

@@ -1,0 +1,39 @@
+"""Shared CLI plumbing: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+import typer
+
+from dga.errors import EXIT_USER_ERROR, DgaError
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run a typer app; a DgaError prints ``error: <sentence>`` and exits with code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        app(standalone_mode=False)
+    except DgaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+def single_command(fn: Callable, help_text: str, epilog: str) -> typer.Typer:
+    app = typer.Typer(add_completion=False, rich_markup_mode=None, help=help_text, epilog=epilog)
+    app.command(help=help_text, epilog=epilog)(fn)
+    return app

@@ -1,0 +1,1 @@
+"""Runtime: what a deployment installs (numpy, pillow; no training code)."""

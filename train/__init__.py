@@ -1,0 +1,1 @@
+"""Training: frozen open_clip backbone, six reprogramming methods, the model bundle."""

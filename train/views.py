@@ -1,0 +1,124 @@
+"""Views: which crop of the S0 image each encoder input sees, and with which prompt.
+
+Every method is a list of views (DESIGN.md section 3). A view crops a ``side x side`` box out of
+the S0 x S0 image (side 0 = the whole image), resizes it back to S0 bilinearly, and adds the
+frame of a prompt mixture (a weighted sum of raw programs: DGA's HKP averages programs before
+the sigmoid). At inference the crop boxes are fixed; in training crops are drawn at random.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dga.train.prompts import apply_frame, prompt_frame, prompt_mask
+
+# Fixed crop positions at inference, in this order (METHODS.md 5.3).
+CROP_POSITIONS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    mix: tuple[float, ...]  # weights over the raw programs
+    side: int = 0  # crop side in S0 pixels; 0 = whole image
+    box: tuple[int, int] | None = None  # (top, left) of the fixed inference crop
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["mix"] = list(self.mix)
+        d["box"] = list(self.box) if self.box is not None else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> View:
+        return cls(d["name"], tuple(d["mix"]), d["side"], tuple(d["box"]) if d["box"] is not None else None)
+
+
+def fixed_box(position: str, s0: int, side: int) -> tuple[int, int]:
+    """(top, left) of a ``side`` crop at one of CROP_POSITIONS inside an S0 image."""
+    far = s0 - side
+    return {
+        "center": (far // 2, far // 2),
+        "top-left": (0, 0),
+        "top-right": (0, far),
+        "bottom-left": (far, 0),
+        "bottom-right": (far, far),
+    }[position]
+
+
+def crop_resize(x: torch.Tensor, top: int, left: int, side: int) -> torch.Tensor:
+    """Crop a side x side box of x [N, 3, S0, S0] and resize it back to S0 (bilinear)."""
+    s0 = x.shape[-1]
+    crop = x[:, :, top : top + side, left : left + side]
+    return F.interpolate(crop, size=(s0, s0), mode="bilinear", align_corners=False)
+
+
+class ViewStack(nn.Module):
+    """[B, 3, S0, S0] images in [0, 1] -> [B * V, 3, 224, 224] prompted encoder inputs.
+
+    Holds the learnable programs; everything else (mask, mixture, mean/std) is derived from the
+    configuration, so only ``programs`` is saved.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        s0: int,
+        views: list[View],
+        programs: torch.Tensor,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        size: int = 224,
+    ):
+        super().__init__()
+        n_prog = programs.shape[0]
+        if any(len(v.mix) != n_prog for v in views):
+            raise ValueError("every view's prompt mixture must have one weight per program")
+        self.kind, self.s0, self.size, self.views = kind, s0, size, list(views)
+        self.programs = nn.Parameter(programs.clone().float())
+        self.register_buffer("mix", torch.tensor([v.mix for v in views], dtype=torch.float32), persistent=False)
+        self.register_buffer("mask", prompt_mask(kind, s0, size), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+    def frames(self) -> torch.Tensor:
+        """[V, 3, size, size]: each view's prompt frame (constant once trained)."""
+        mixed = torch.einsum("vp,pchw->vchw", self.mix, self.programs)
+        return prompt_frame(self.kind, mixed, self.mask)
+
+    def view_images(self, x: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Per view, the [B, 3, S0, S0] image it sees (fixed crops in eval, random in training)."""
+        out = []
+        for v in self.views:
+            if v.side == 0:
+                out.append(x)
+            elif self.training:
+                out.append(random_crops(x, v.side, generator))
+            else:
+                out.append(crop_resize(x, v.box[0], v.box[1], v.side))
+        return out
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        frames = self.frames()
+        parts = [
+            apply_frame(self.kind, xv, frames[i : i + 1], self.mean, self.std, self.size)
+            for i, xv in enumerate(self.view_images(x, generator))
+        ]
+        # View-major within each image: [B, V, 3, H, W] -> [B * V, ...], one encoder pass.
+        return torch.stack(parts, dim=1).flatten(0, 1)
+
+
+def random_crops(x: torch.Tensor, side: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random side x side crop per image, resized back to S0 (training-time views)."""
+    far = x.shape[-1] - side
+    pos = torch.randint(0, far + 1, (x.shape[0], 2), generator=generator)
+    return torch.cat([crop_resize(x[i : i + 1], int(top), int(left), side)
+                      for i, (top, left) in enumerate(pos.tolist())])
