@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from dga.train.fusion import alpha_mix, cosine_logits, prm_logits, topk_mean
 from dga.train.model import Head, Outputs
@@ -78,6 +79,32 @@ class PrmHead(Head):
         """Deployment form: W [V, D, C] so that logits = s * sum_v f_v @ W_v."""
         return fold_prm(self.desc, self.owner, self.prm, num_views)
 
+    def for_deployment(self, num_views: int) -> Head:
+        return FoldedPrmHead(self.folded(num_views), self.scale)
+
     def forward(self, feats: torch.Tensor) -> Outputs:
         scores = self.description_scores(feats)
         return Outputs(prm_logits(scores, self.prm), scores=scores)
+
+
+class FoldedPRM(nn.Module):
+    """Deployment form of the PRM: each prompt's descriptions and omega folded into one D x C head."""
+
+    def __init__(self, weights: torch.Tensor, scale: float):
+        super().__init__()
+        self.register_buffer("weights", weights.float().clone())  # [V, D, C]
+        self.scale = float(scale)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.einsum("bvd,vdc->bc", feats, self.weights)
+
+
+class FoldedPrmHead(Head):
+    """What export traces for DVP: K small matrix products instead of C * M' scores."""
+
+    def __init__(self, weights: torch.Tensor, scale: float):
+        super().__init__()
+        self.prm = FoldedPRM(weights, scale)
+
+    def forward(self, feats: torch.Tensor) -> Outputs:
+        return Outputs(self.prm(feats))

@@ -28,6 +28,10 @@ class Head(nn.Module):
     def loss(self, out: Outputs, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out.logits.float(), y)
 
+    def for_deployment(self, num_views: int) -> Head:
+        """The head export traces: the same formulas, constants folded where that is exact."""
+        return self
+
 
 class ReprogramModel(nn.Module):
     """Frozen CLIP + learnable prompts (ViewStack) + a Head. Only ``stack.programs`` trains."""

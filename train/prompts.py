@@ -59,10 +59,14 @@ def prompt_frame(kind: str, program: torch.Tensor, mask: torch.Tensor) -> torch.
 
 
 def apply_frame(
-    kind: str, x: torch.Tensor, frame: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int = 224
+    kind: str, x: torch.Tensor, frame: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int = 224,
+    s0: int | None = None,
 ) -> torch.Tensor:
-    """x [N, 3, S0, S0] in [0, 1], frame [N or 1, 3, size, size] -> normalised encoder input."""
+    """x [N, 3, S0, S0] in [0, 1], frame [N or 1, 3, size, size] -> normalised encoder input.
+
+    ``s0`` may be given as a plain int so tracing for export does not depend on a traced shape.
+    """
     if kind == "pad":
-        lo, hi = pad_amounts(x.shape[-1], size)
+        lo, hi = pad_amounts(s0 if s0 is not None else x.shape[-1], size)
         return (F.pad(x, (lo, hi, lo, hi)) + frame - mean) / std
     return (x - mean) / std + frame

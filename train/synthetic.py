@@ -449,3 +449,18 @@ def write_descriptions(root: str | os.PathLike[str], classnames: Sequence[str]) 
         _write_atomic(path, text.encode("utf-8"))
         paths[role] = path
     return paths
+
+
+def sample_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """n generated shape images as uint8 [n, size, size, 3] (export self-checks, benchmarks)."""
+    shapes, colours = tuple(_SHAPES_FOR_SAMPLES), tuple(_COLOURS_FOR_SAMPLES)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, 7, i])
+        img = _draw_image(rng, colours[i % len(colours)], shapes[(i // len(colours)) % len(shapes)], size)
+        out[i] = np.asarray(img, dtype=np.uint8)
+    return out
+
+
+_SHAPES_FOR_SAMPLES = ("circle", "square", "triangle", "diamond", "star", "hexagon")
+_COLOURS_FOR_SAMPLES = ("red", "green", "blue")

@@ -50,9 +50,9 @@ def fixed_box(position: str, s0: int, side: int) -> tuple[int, int]:
     }[position]
 
 
-def crop_resize(x: torch.Tensor, top: int, left: int, side: int) -> torch.Tensor:
+def crop_resize(x: torch.Tensor, top: int, left: int, side: int, s0: int | None = None) -> torch.Tensor:
     """Crop a side x side box of x [N, 3, S0, S0] and resize it back to S0 (bilinear)."""
-    s0 = x.shape[-1]
+    s0 = s0 if s0 is not None else x.shape[-1]
     crop = x[:, :, top : top + side, left : left + side]
     return F.interpolate(crop, size=(s0, s0), mode="bilinear", align_corners=False)
 
@@ -103,13 +103,16 @@ class ViewStack(nn.Module):
             elif self.training:
                 out.append(random_crops(x, v.side, generator))
             else:
-                out.append(crop_resize(x, v.box[0], v.box[1], v.side))
+                out.append(crop_resize(x, v.box[0], v.box[1], v.side, self.s0))
         return out
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        frames = self.frames()
+        return self.build(x, self.frames(), generator)
+
+    def build(self, x: torch.Tensor, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Views of x with the given frames (export passes frames baked as constants)."""
         parts = [
-            apply_frame(self.kind, xv, frames[i : i + 1], self.mean, self.std, self.size)
+            apply_frame(self.kind, xv, frames[i : i + 1], self.mean, self.std, self.size, self.s0)
             for i, xv in enumerate(self.view_images(x, generator))
         ]
         # View-major within each image: [B, V, 3, H, W] -> [B * V, ...], one encoder pass.

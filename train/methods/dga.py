@@ -63,27 +63,55 @@ def views(cfg: dict) -> list[View]:
     return out
 
 
+class UPF(nn.Module):
+    """Uncertainty-guided fusion of one scale's crop views (a module so export names its nodes)."""
+
+    def __init__(self, h0: float, weighted: bool):
+        super().__init__()
+        self.h0, self.weighted = float(h0), bool(weighted)
+
+    def forward(self, crop_logits: torch.Tensor) -> torch.Tensor:
+        return upf(crop_logits, self.h0, weighted=self.weighted)
+
+
+class HKP(nn.Module):
+    """Hierarchical knowledge propagation on logits (or, ablated, the finest level's expansion)."""
+
+    def __init__(self, parents: list[list[int]], enabled: bool):
+        super().__init__()
+        self.enabled, self.n_levels = bool(enabled), len(parents)
+        for level, parent in enumerate(parents):
+            self.register_buffer(f"parent_{level}", torch.tensor(parent, dtype=torch.long), persistent=False)
+
+    def parents(self) -> list[torch.Tensor]:
+        return [getattr(self, f"parent_{i}") for i in range(self.n_levels)]
+
+    def forward(self, z: torch.Tensor, level_logits: list[torch.Tensor]) -> torch.Tensor:
+        if self.enabled:
+            return hkp(z, level_logits, self.parents())
+        # Ablation "no HKP": keep the expansion of the finest level, no redistribution.
+        return hkp_expand(level_logits[0], self.parents()[0])
+
+
 class DgaHead(Head):
     """Sub-class logits of the global view, level logits, UPF over crops, HKP, lambda fusion."""
 
     def __init__(self, cfg: dict, t0: torch.Tensor, level_text: list[torch.Tensor], scale: float):
         super().__init__()
         self.n_levels, self.n_scales, self.n_crops = structure(cfg)
-        self.scale, self.h0, self.lam = float(scale), float(cfg["h0"]), float(cfg["lam"])
-        self.use_hkp, self.use_upf = bool(cfg["hkp"]), bool(cfg["upf"])
+        self.scale, self.lam = float(scale), float(cfg["lam"])
         self.register_buffer("t0", t0.float().clone())
         for level, t in enumerate(level_text):
             self.register_buffer(f"level_text_{level}", t.float().clone())
-        parents = cfg["hierarchy"]["parents"] if self.n_levels else []
-        for level in range(self.n_levels):
-            self.register_buffer(f"parent_{level}", torch.tensor(parents[level], dtype=torch.long),
-                                 persistent=False)
+        parents = cfg["hierarchy"]["parents"][: self.n_levels] if self.n_levels else []
+        self.upf = UPF(cfg["h0"], cfg["upf"])
+        self.hkp = HKP(parents, cfg["hkp"])
 
     def level_texts(self) -> list[torch.Tensor]:
         return [getattr(self, f"level_text_{i}") for i in range(self.n_levels)]
 
     def parents(self) -> list[torch.Tensor]:
-        return [getattr(self, f"parent_{i}") for i in range(self.n_levels)]
+        return self.hkp.parents()
 
     def forward(self, feats: torch.Tensor) -> Outputs:
         z = cosine_logits(feats[:, 0], self.t0, self.scale)
@@ -93,16 +121,11 @@ class DgaHead(Head):
         for e in range(self.n_scales):
             lo = first_crop + e * self.n_crops
             crop_logits = cosine_logits(feats[:, lo : lo + self.n_crops], self.t0, self.scale)  # [B, J, C]
-            scale_logits.append(upf(crop_logits, self.h0, weighted=self.use_upf))
+            scale_logits.append(self.upf(crop_logits))
         z_vg = visual_granularity(z, scale_logits) if scale_logits else z
         if not self.n_levels:
             return Outputs(z_vg, level_logits)
-        if self.use_hkp:
-            z_sg = hkp(z, level_logits, self.parents())
-        else:
-            # Ablation "no HKP": keep the expansion of the finest level, no redistribution.
-            z_sg = hkp_expand(level_logits[0], self.parents()[0])
-        return Outputs(lambda_fuse(z_vg, z_sg, self.lam), level_logits)
+        return Outputs(lambda_fuse(z_vg, self.hkp(z, level_logits), self.lam), level_logits)
 
     def loss(self, out: Outputs, y: torch.Tensor) -> torch.Tensor:
         return hierarchical_loss(out.logits, out.level_logits, self.parents(), y)

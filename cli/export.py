@@ -1,0 +1,90 @@
+"""dga-export: bake a model bundle into one fused ONNX graph (fp32 + fp16) and a TensorRT engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dga.cli.common import run_app, single_command
+
+EPILOG = """Examples:
+
+  dga-export --ckpt pets.dga --out pets.deploy
+
+  dga-export --ckpt pets.dga --out pets.deploy --max-batch 256 --opt-batch 64 --engine
+
+  dga-export --ckpt pets.dga --out pets-fast.deploy --views no-crops --verify-images data/pets/test/
+
+The package holds model.onnx (fp32), model.fp16.onnx (unless --precision fp32), deploy.json
+and, with --engine on a host with TensorRT and an NVIDIA GPU, engines/<key>.plan.
+"""
+
+
+def export(
+    ckpt: Path = typer.Option(..., "--ckpt", help="Model bundle directory written by dga-train."),
+    out: Path = typer.Option(..., "--out", "-o", help="Deployment package directory to write, e.g. run.deploy."),
+    precision: str = typer.Option("fp16", help="fp16: write model.onnx and model.fp16.onnx, engine from fp16; "
+                                               "fp32: model.onnx only, engine from it."),
+    max_batch: int = typer.Option(256, help="Largest batch the package is built and checked for."),
+    opt_batch: int = typer.Option(64, help="Batch size TensorRT optimises for."),
+    engine: bool = typer.Option(False, "--engine", help="Also build a TensorRT engine (needs TensorRT and a GPU)."),
+    workspace_gib: float = typer.Option(4.0, help="TensorRT builder workspace limit in GiB."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Self-check ONNX Runtime against torch."),
+    verify_batches: str = typer.Option("1,7,64", help="Batch sizes of the self-check (capped at --max-batch)."),
+    verify_images: Path = typer.Option(None, help="Folder of real images for the self-check [generated]."),
+    views: str = typer.Option("all", help="all | no-crops (DGA without the VG crop views: faster)."),
+    opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
+) -> None:
+    """Export a bundle to a deployment package and check that it reproduces the trained model."""
+    from dga.errors import ConfigError
+    from dga.export.package import ExportOptions, export_package
+
+    try:
+        batches = [int(b) for b in verify_batches.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"--verify-batches {verify_batches!r} must be comma-separated integers") from exc
+    opts = ExportOptions(precision=precision, max_batch=max_batch, opt_batch=opt_batch, verify=verify,
+                         verify_batches=batches, views=views, opset=opset)
+    if verify_images is not None:
+        opts.verify_images = load_folder_images(verify_images, ckpt)
+    path, _ = export_package(ckpt, out, opts, log=typer.echo)
+    typer.echo(f"wrote {path}")
+    if engine:
+        from dga.export.tensorrt_build import build_engine
+        from dga.runtime.engine_key import choose_profile
+
+        onnx_file = path / ("model.fp16.onnx" if precision == "fp16" else "model.onnx")
+        # Without TensorRT or a GPU this raises one EngineError sentence; the package above stays.
+        plan = build_engine(onnx_file, path, choose_profile(max_batch, opt_batch), precision, workspace_gib)
+        typer.echo(f"engine {plan}")
+
+
+def load_folder_images(folder: Path, ckpt: Path):
+    """Decode up to 256 images of a folder with the deployed preprocessing (uint8 [N, S0, S0, 3])."""
+    import numpy as np
+
+    from dga.errors import DataError
+    from dga.runtime.preprocess import eval_image
+    from dga.train.bundle import read_manifest
+    from dga.train.data.imagefolder import list_images
+    from dga.train.data.images import open_rgb
+
+    s0 = read_manifest(ckpt)["input"]["s0"]
+    if not folder.is_dir():
+        raise DataError(f"--verify-images {folder} is not a folder of images")
+    paths = list_images(folder)[:256]
+    if not paths:
+        raise DataError(f"--verify-images {folder} holds no images")
+    return np.stack([eval_image(open_rgb(p), s0) for p in paths])
+
+
+app = single_command(export, export.__doc__, EPILOG)
+
+
+def main() -> None:
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()
