@@ -15,9 +15,10 @@ def run_app(app: typer.Typer) -> None:
     """Run a typer app; a DgaError prints ``error: <sentence>`` and exits with code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        # With standalone_mode=False click returns a typer.Exit's code instead of raising it.
+        rc = app(standalone_mode=False)
     except DgaError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo("error: " + " ".join(str(exc).split()), err=True)  # always one line
         sys.exit(EXIT_USER_ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -31,6 +32,7 @@ def run_app(app: typer.Typer) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 def single_command(fn: Callable, help_text: str, epilog: str) -> typer.Typer:

@@ -29,3 +29,11 @@ class ConfigError(DgaError):
 
 class EngineError(DgaError):
     """A TensorRT engine cannot be built or used here (no TensorRT, no GPU, stale or foreign plan)."""
+
+
+class PackageError(DgaError):
+    """A deployment package is missing, incomplete or does not match its deploy.json."""
+
+
+class InputError(DgaError):
+    """An inference input path (an image or a folder of images) is missing or cannot be listed."""

@@ -88,7 +88,12 @@ def verify_package(package: Path, reference: DeployModule, images: np.ndarray, b
             if precision == "fp32":
                 passed = diff <= FP32_ATOL and (agree == 100.0 or ties == (ref.argmax(1) != got.argmax(1)).sum())
             elif batch == largest:
-                passed = agree >= FP16_TOP1  # judged on the largest (superset) batch of images
+                # Judged on the largest (superset) batch of images. As for fp32, a flip where the
+                # reference's top-2 logits are a near-tie is not a precision error: with 64 images,
+                # 99.5 % would otherwise mean that a single near-tie fails the export.
+                passed = agree + 100.0 * ties / len(ref) >= FP16_TOP1
+                if ties:
+                    note = f"{ties} near-tie flip(s) not counted"
             else:
                 passed, note = True, "informational; judged at the largest batch"
             checks.append(Check(precision, batch, diff, agree, ties, bool(passed), note))

@@ -56,8 +56,12 @@ class ReprogramModel(nn.Module):
         return self.head.loss(out, y)
 
     def learned_state(self) -> dict[str, torch.Tensor]:
-        """Everything of this model that is not the backbone (what a bundle stores)."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+        """Everything of this model that is not the backbone (what a bundle stores).
+
+        A snapshot: on the CPU ``.cpu()`` would alias the live parameters, and the trainer's
+        best-epoch state would silently follow later epochs.
+        """
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()
                 if not k.startswith("backbone.")}
 
     def trainable_parameters(self) -> list[nn.Parameter]:

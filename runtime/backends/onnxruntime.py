@@ -1,0 +1,79 @@
+"""ONNX Runtime runner: TensorRT EP, then CUDA EP with IO binding, then the CPU EP."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from dga.errors import PackageError
+from dga.runtime.package import DeployPackage
+
+log = logging.getLogger("dga.runtime")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def provider_chain(available: list[str], precision: str, device: int) -> list:
+    """Best-first providers among those this onnxruntime build offers."""
+    chain: list = []
+    if "TensorrtExecutionProvider" in available:
+        chain.append(("TensorrtExecutionProvider", {"device_id": device, "trt_fp16_enable": precision == "fp16"}))
+    if "CUDAExecutionProvider" in available:
+        chain.append(("CUDAExecutionProvider", {"device_id": device}))
+    chain.append("CPUExecutionProvider")
+    return chain
+
+
+def optimisation_level(precision: str, on_gpu: bool) -> str:
+    # ONNX Runtime 1.32's CPU EP can crash the process loading fp16 graphs at ORT_ENABLE_ALL.
+    return "extended" if precision == "fp16" and not on_gpu else "all"
+
+
+class OnnxRuntimeRunner:
+    def __init__(self, package: DeployPackage, precision: str = "fp32", device: int = 0,
+                 threads: int | None = None, providers: list | None = None):
+        import onnxruntime as ort
+
+        self.package, self.precision = package, precision
+        path = package.onnx_path(precision)
+        chain = providers or provider_chain(ort.get_available_providers(), precision, device)
+        on_gpu = any((p[0] if isinstance(p, tuple) else p) in GPU_PROVIDERS for p in chain)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = {
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimisation_level(precision, on_gpu)]
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=chain)
+        except Exception as exc:  # a GPU provider whose libraries are missing: fall back to the CPU
+            if chain == ["CPUExecutionProvider"]:
+                raise PackageError(f"onnxruntime cannot load {path}: {exc}") from exc
+            log.warning("onnxruntime GPU providers failed (%s); using the CPU", str(exc).splitlines()[0])
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.provider = self.session.get_providers()[0]
+        self.name = f"onnxruntime:{self.provider}"
+        self.device = device
+        self.max_batch = package.max_batch
+        self.use_binding = self.provider in GPU_PROVIDERS
+        self.input_name = package.input_name
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if not self.use_binding:
+            logits, probs = self.session.run(["logits", "probs"], {self.input_name: images})
+            return logits, probs
+        import onnxruntime as ort
+
+        # IO binding: the uint8 batch is copied to the GPU once; outputs stay there until fetched.
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(images, "cuda", self.device))
+        binding.bind_output("logits", "cuda", self.device)
+        binding.bind_output("probs", "cuda", self.device)
+        self.session.run_with_iobinding(binding)
+        logits, probs = binding.copy_outputs_to_cpu()
+        return logits, probs
+
+    def close(self) -> None:
+        self.session = None

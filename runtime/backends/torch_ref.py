@@ -1,0 +1,44 @@
+"""Reference runner: the torch deployment module rebuilt from the package's bundle.
+
+Needs the training and export code (``dga.train``, ``dga.export``) and the bundle the package
+was exported from; a production service uses onnxruntime or tensorrt instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dga.errors import PackageError
+from dga.runtime.package import DeployPackage
+
+
+class TorchRunner:
+    def __init__(self, package: DeployPackage, device: str = "cpu", bundle: str | Path | None = None):
+        try:
+            import torch
+
+            from dga.export.deploy_module import DeployModule
+            from dga.export.package import select_views
+            from dga.train.bundle import load_bundle
+        except ImportError as exc:
+            raise PackageError(f"the torch backend needs dga's training code and torch ({exc}); "
+                               f"use --backend onnxruntime") from exc
+        path = Path(bundle or package.facts["bundle"]["path"])
+        b = load_bundle(path)
+        if b.manifest["tensors"]["sha256"] != package.facts["bundle"]["tensors_sha256"]:
+            raise PackageError(f"the bundle at {path} is not the one {package.path} was exported from")
+        model, _ = select_views(b, package.facts.get("views_variant", "all"))
+        self.torch = torch
+        self.module = DeployModule(model, "fp32").to(device).eval()
+        self.device, self.precision, self.name = device, "fp32", f"torch:{device}"
+        self.max_batch = package.max_batch
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.torch.no_grad():
+            logits, probs = self.module(self.torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        return logits.cpu().numpy(), probs.cpu().numpy()
+
+    def close(self) -> None:
+        self.module = None

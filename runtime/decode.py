@@ -1,0 +1,328 @@
+"""Decode one image file (or bytes) into the model's input, or say in one word why not.
+
+``decode_image(path, size)`` returns uint8 ``[size, size, 3]`` RGB: ``preprocess.to_rgb`` (EXIF
+orientation, any mode to RGB) then ``preprocess.eval_image`` (shorter side to ``size``, centre
+crop), i.e. exactly the training eval transform. Anything that goes wrong raises ``DecodeError``
+with a stable ``reason`` code (``REASONS``) and a one-sentence message; the runtime writes both to
+``errors.jsonl`` and goes on with the next file.
+
+Decisions:
+
+* **JPEG draft.** With ``draft=True`` a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale
+  (``Image.draft``) when the image is at least twice the needed size. The requested size is what
+  the shorter side must reach (``size``); PIL picks the largest scale whose result is still at
+  least that big, so the bicubic resize that follows still down-samples. This is much faster on
+  large photos but changes pixels slightly (DCT-domain scaling instead of a full decode, and the
+  scaled size is rounded up, shifting the crop by up to a pixel). ``draft=False`` gives exactly
+  ``eval_image(to_rgb(Image.open(path)), size)``.
+* **Decompression bombs.** ``width * height`` is checked against ``max_pixels`` right after the
+  header is read, before any pixel is decoded. PIL's own check (``Image.MAX_IMAGE_PIXELS``) also
+  runs inside ``Image.open``: its ``DecompressionBombError`` and, while our limit is not above
+  PIL's, its ``DecompressionBombWarning`` (turned into an error with ``warnings.catch_warnings``)
+  both map to ``too-large``. ``max_pixels`` can therefore tighten PIL's limit freely but loosen it
+  only up to PIL's hard error at twice ``Image.MAX_IMAGE_PIXELS``; raise that global for more.
+  ``warnings.catch_warnings`` edits process-wide state and is not thread-safe, so the header phase
+  (open, size check, draft) runs under a module lock; the pixel decode runs outside it.
+* **Truncated files.** ``ImageFile.LOAD_TRUNCATED_IMAGES`` is a PIL global. When it is False (the
+  default) we leave it alone and a truncated file raises, which we report as ``truncated``. If
+  other code in the process has set it True, each of our decodes sets it back to False for its
+  duration and the last one to finish restores the True (reference-counted under a lock), so we
+  never silently accept half an image and never change the setting for good. Another thread that
+  is decoding at the same time without our module sees False during that window.
+* **Reading.** A path is opened once and handed to PIL as a file object; an ``OSError`` with an
+  ``errno`` (permission, I/O error) is ``unreadable``, PIL's own ``OSError`` s carry no errno.
+  A signature PIL then fails to identify (e.g. a PNG whose header CRC is wrong) is ``corrupt``,
+  not ``not-an-image``: content decides, as in ``listing``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from dga.errors import DgaError
+from dga.runtime.listing import SNIFF_BYTES, sniff_bytes
+from dga.runtime.preprocess import eval_image, to_rgb
+
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default MAX_IMAGE_PIXELS (about 0.25 GiB of RGBA)
+
+REASONS = ("empty", "unreadable", "not-an-image", "too-large", "truncated", "unsupported", "corrupt")
+DRAFT_FORMATS = ("JPEG", "MPO")
+
+# Pillow says "image file is truncated" (or "Truncated File Read", "truncated PNG file") when the
+# data runs out. Its "broken data stream" is the codec rejecting bytes that are there (garbage in a
+# GIF's LZW or a PNG's zlib stream), so that one is ``corrupt``, not ``truncated``.
+_TRUNCATION_MARKERS = (
+    "truncated",
+    "unexpected end",
+    "end of file",
+    "image was incomplete",
+    "not enough image data",
+    "buffer is not large enough",
+)
+
+_UNSUPPORTED_MARKERS = (
+    "unsupported",
+    "not supported",
+    "not available",  # "decoder xyz not available" (a Pillow build without that codec)
+    "unknown pixel mode",
+    "unknown raw mode",
+    "unrecognized mode",
+)
+
+
+class DecodeError(DgaError):
+    """One input could not be decoded; ``reason`` is one of ``REASONS``, the message one sentence."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown decode failure reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self):  # picklable across process pools
+        return (type(self), (self.reason, self.message))
+
+
+# --- process-wide PIL state -------------------------------------------------------------------
+
+_HEADER_LOCK = threading.Lock()
+_TRUNC_LOCK = threading.Lock()
+_trunc_forcing = 0
+_trunc_saved = False
+
+
+@contextmanager
+def _strict_truncation() -> Iterator[None]:
+    """Keep ``ImageFile.LOAD_TRUNCATED_IMAGES`` False while we decode (see module docstring)."""
+    global _trunc_forcing, _trunc_saved
+    with _TRUNC_LOCK:
+        if _trunc_forcing:
+            _trunc_forcing += 1
+            forced = True
+        elif ImageFile.LOAD_TRUNCATED_IMAGES:
+            _trunc_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            _trunc_forcing = 1
+            forced = True
+        else:
+            forced = False
+    try:
+        yield
+    finally:
+        if forced:
+            with _TRUNC_LOCK:
+                _trunc_forcing -= 1
+                if _trunc_forcing == 0:
+                    ImageFile.LOAD_TRUNCATED_IMAGES = _trunc_saved
+
+
+def _resolve_max_pixels(max_pixels: int | None) -> int:
+    if max_pixels is None:
+        return int(Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS)
+    return int(max_pixels)
+
+
+def draft_request(width: int, height: int, size: int) -> tuple[int, int]:
+    """The (w, h) to pass to ``Image.draft``: the size after resizing the shorter side to ``size``.
+
+    PIL's JPEG draft picks scale ``s`` in 8/4/2/1 with ``s <= min(w // req_w, h // req_h)``, so the
+    decoded shorter side stays >= ``size`` and the bicubic resize afterwards only down-samples.
+    """
+    if width <= height:
+        return size, max(size, int(size * height / width))
+    return max(size, int(size * width / height)), size
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def _classify_load_error(exc: BaseException, what: str) -> DecodeError:
+    if isinstance(exc, DecodeError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return DecodeError(
+            "too-large",
+            f"{what} is over Pillow's decompression-bomb pixel limit (Image.MAX_IMAGE_PIXELS); "
+            "raise that limit if the image is genuine.",
+        )
+    if isinstance(exc, MemoryError):
+        return DecodeError("too-large", f"{what} needs more memory to decode than is available.")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return DecodeError("unreadable", f"{what} could not be read ({exc.strerror or exc}).")
+    text = str(exc).lower()
+    if isinstance(exc, ValueError) and "decompressed data too large" in text:
+        return DecodeError("too-large", f"{what} holds a metadata chunk too large to decompress safely.")
+    if isinstance(exc, NotImplementedError) or any(m in text for m in _UNSUPPORTED_MARKERS):
+        return DecodeError("unsupported", f"{what} uses a variant of its format Pillow cannot decode ({exc}).")
+    if isinstance(exc, EOFError) or any(m in text for m in _TRUNCATION_MARKERS):
+        return DecodeError("truncated", f"{what} is truncated: the file ends before its image data does.")
+    return DecodeError("corrupt", f"{what} is corrupt and could not be decoded ({type(exc).__name__}: {exc}).")
+
+
+def _riff_cut_short(fp: IO[bytes]) -> bool:
+    """A RIFF (WebP) file shorter than its header says: libwebp reports that only as a failure."""
+    try:
+        fp.seek(0)
+        head = fp.read(12)
+        actual = fp.seek(0, io.SEEK_END)
+    except (OSError, ValueError):
+        return False
+    if not (head.startswith(b"RIFF") and head[8:12] == b"WEBP"):
+        return False
+    return int.from_bytes(head[4:8], "little") + 8 > actual
+
+
+def _explain_unidentified(fp: IO[bytes], kind: str, what: str) -> DecodeError:
+    """The content has an image signature yet ``Image.open`` gave up: ask that format's plugin why.
+
+    ``Image.open`` swallows each plugin's reason; re-running the one plugin the signature names
+    tells an unsupported variant (e.g. "unknown pixel mode") from a damaged or truncated header.
+    """
+    from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+    plugins = {
+        "jpeg": JpegImagePlugin.JpegImageFile,
+        "png": PngImagePlugin.PngImageFile,
+        "gif": GifImagePlugin.GifImageFile,
+        "bmp": BmpImagePlugin.BmpImageFile,
+        "tiff": TiffImagePlugin.TiffImageFile,
+    }
+    damaged = DecodeError("corrupt", f"{what} starts like a {kind.upper()} file but its header is damaged.")
+    plugin = plugins.get(kind)
+    if plugin is None:
+        return damaged
+    try:
+        fp.seek(0)
+        plugin(fp).close()
+    except Exception as exc:
+        found = _classify_load_error(exc, what)
+        if found.reason in ("unsupported", "truncated", "too-large"):
+            return found
+    return damaged
+
+
+def _open_header(fp: IO[bytes], size: int, draft: bool, max_pixels: int, what: str) -> Image.Image:
+    """Read the header, check the pixel count, set up JPEG draft. Runs under ``_HEADER_LOCK``."""
+    try:
+        head = fp.read(SNIFF_BYTES)
+        fp.seek(0)
+    except OSError as exc:
+        raise _classify_load_error(exc, what) from exc
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    with _HEADER_LOCK, warnings.catch_warnings():
+        if pil_limit is None or max_pixels <= pil_limit:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        else:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(fp)
+        except UnidentifiedImageError as exc:
+            kind = sniff_bytes(head)
+            if kind is None:
+                raise DecodeError("not-an-image", f"{what} is not an image file Pillow recognises.") from exc
+            raise _explain_unidentified(fp, kind, what) from exc
+        except Exception as exc:  # any header failure is classified, never raised raw
+            raise _classify_load_error(exc, what) from exc
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise DecodeError("corrupt", f"{what} declares an empty {width} x {height} image.")
+        if width * height > max_pixels:
+            raise DecodeError(
+                "too-large",
+                f"{what} is {width} x {height} pixels, over the limit of {max_pixels} "
+                "(a possible decompression bomb); raise max_pixels if the image is genuine.",
+            )
+        if draft and img.format in DRAFT_FORMATS:
+            try:
+                img.draft("RGB", draft_request(width, height, size))
+            except Exception as exc:
+                raise _classify_load_error(exc, what) from exc
+    return img
+
+
+def _decode_stream(fp: IO[bytes], size: int, draft: bool, max_pixels: int | None, what: str) -> np.ndarray:
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    try:
+        return _decode_checked(fp, size, draft, _resolve_max_pixels(max_pixels), what)
+    except DecodeError as err:
+        if err.reason == "corrupt" and _riff_cut_short(fp):
+            raise DecodeError("truncated", f"{what} is truncated: the file ends before its image data does.") from err
+        raise
+
+
+def _decode_checked(fp: IO[bytes], size: int, draft: bool, limit: int, what: str) -> np.ndarray:
+    img = _open_header(fp, size, draft, limit, what)
+    try:
+        with _strict_truncation():
+            img.load()
+    except Exception as exc:
+        raise _classify_load_error(exc, what) from exc
+    try:
+        rgb = to_rgb(img)
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise DecodeError(
+            "unsupported", f"{what} has pixel mode {img.mode!r}, which cannot be converted to RGB ({exc})."
+        ) from exc
+    except Exception as exc:  # e.g. damaged EXIF
+        raise _classify_load_error(exc, what) from exc
+    out = eval_image(rgb, size)
+    if out.shape != (size, size, 3) or out.dtype != np.uint8:  # pragma: no cover - defensive
+        raise DecodeError("unsupported", f"{what} decoded to an unexpected shape {out.shape}.")
+    return out
+
+
+def decode_image(
+    path: str | os.PathLike[str],
+    size: int,
+    draft: bool = True,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode ``path`` to uint8 ``[size, size, 3]`` RGB, or raise ``DecodeError``.
+
+    ``max_pixels`` defaults (None) to ``Image.MAX_IMAGE_PIXELS`` at call time, or 89,478,485 when
+    that global is None.
+    """
+    what = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise DecodeError("unreadable", f"{what} does not exist (or is a dangling link).") from exc
+    except OSError as exc:
+        raise DecodeError("unreadable", f"{what} could not be read ({exc.strerror or exc}).") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise DecodeError("unreadable", f"{what} is a directory, not an image file.")
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError("unreadable", f"{what} is not a regular file.")
+    if st.st_size == 0:
+        raise DecodeError("empty", f"{what} is empty (zero bytes).")
+    try:
+        fp = open(path, "rb")  # closed by the with below
+    except OSError as exc:
+        raise DecodeError("unreadable", f"{what} could not be read ({exc.strerror or exc}).") from exc
+    with fp:
+        return _decode_stream(fp, size, draft, max_pixels, what)
+
+
+def decode_bytes(
+    data: bytes,
+    size: int,
+    draft: bool = True,
+    max_pixels: int | None = None,
+    name: str = "the image data",
+) -> np.ndarray:
+    """``decode_image`` for an in-memory file; ``name`` is what messages call it."""
+    if not data:
+        raise DecodeError("empty", f"{name} is empty (zero bytes).")
+    return _decode_stream(io.BytesIO(data), size, draft, max_pixels, name)

@@ -1,0 +1,96 @@
+"""The input pipeline: decode workers fill batches ahead of the engine (double buffering).
+
+A producer thread walks the paths in chunks of one batch, has a thread pool decode each chunk
+(Pillow releases the GIL while decoding and resampling) and queues the finished batch; the
+consumer runs the engine on batch n while batches n+1 .. n+prefetch are being decoded.
+Order is kept: results come out in input order.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dga.runtime.decode import DecodeError, decode_image
+
+
+@dataclass
+class DecodedBatch:
+    paths: list[str]  # good files, in order, one per row of images
+    images: np.ndarray  # uint8 [n, S0, S0, 3]
+    failures: list[tuple[str, DecodeError]] = field(default_factory=list)
+    order: list[tuple[str, int]] = field(default_factory=list)  # ("ok", row) / ("error", i) in input order
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def _decode_one(path: str, s0: int, draft: bool) -> np.ndarray | DecodeError:
+    try:
+        return decode_image(path, s0, draft=draft)
+    except DecodeError as exc:
+        return exc
+
+
+def decode_chunk(pool: ThreadPoolExecutor, paths: Sequence[str], s0: int, draft: bool) -> DecodedBatch:
+    results = list(pool.map(lambda p: _decode_one(p, s0, draft), paths))
+    good, images, failures, order = [], [], [], []
+    for path, res in zip(paths, results, strict=True):
+        if isinstance(res, DecodeError):
+            order.append(("error", len(failures)))
+            failures.append((path, res))
+        else:
+            order.append(("ok", len(good)))
+            good.append(path)
+            images.append(res)
+    stacked = np.stack(images) if images else np.zeros((0, s0, s0, 3), dtype=np.uint8)
+    return DecodedBatch(good, stacked, failures, order)
+
+
+_DONE = object()
+
+
+def decoded_batches(paths: Sequence[str | Path], s0: int, batch_size: int, workers: int | None = None,
+                    prefetch: int = 2, draft: bool = True) -> Iterator[DecodedBatch]:
+    """Yield decoded batches in order, decoding up to ``prefetch`` batches ahead of the consumer."""
+    paths = [str(p) for p in paths]
+    q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="dga-decode") as pool:
+                for start in range(0, len(paths), batch_size):
+                    if stop.is_set():
+                        break
+                    q.put(decode_chunk(pool, paths[start:start + batch_size], s0, draft))
+        except BaseException as exc:  # surface producer errors in the consumer
+            q.put(exc)
+        finally:
+            q.put(_DONE)
+
+    thread = threading.Thread(target=produce, name="dga-producer", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
