@@ -28,9 +28,11 @@ def run_app(app: typer.Typer) -> None:
     except Exception as exc:  # click usage errors carry their own exit code
         import click
 
-        if isinstance(exc, click.ClickException):
+        # typer >= 0.20 vendors click (typer._click): its ClickException is not click's own.
+        usage_errors = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+        if isinstance(exc, usage_errors) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -69,13 +69,13 @@ def verify_package(package: Path, reference: DeployModule, images: np.ndarray, b
     """Check every ONNX file of the package at each batch size against the fp32 torch module."""
     checks: list[Check] = []
     largest = max(batches)
+    refs = {batch: torch_logits(reference, images[:batch]) for batch in batches}  # once, for all precisions
     for precision in precisions:
         path = package / ("model.onnx" if precision == "fp32" else "model.fp16.onnx")
         onnx.checker.check_model(str(path))
         session = make_session(str(path), "all") if precision == "fp32" else None
         for batch in batches:
-            x = images[:batch]
-            ref = torch_logits(reference, x)
+            x, ref = images[:batch], refs[batch]
             note = ""
             if session is not None:
                 got = session.run(["logits"], {"images": x})[0]

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -328,7 +329,8 @@ def test_no_crops_views(bundles, packages, tmp_path):
     refused = tmp_path / "refused"
     refused.mkdir()
     with pytest.raises(ConfigError, match="--views"):
-        export_package(bundles["ar"], refused / "x.deploy", ExportOptions(max_batch=8, opt_batch=8, views="no-crops"), log=_quiet)
+        opts = ExportOptions(max_batch=8, opt_batch=8, views="no-crops")
+        export_package(bundles["ar"], refused / "x.deploy", opts, log=_quiet)
     assert os.listdir(refused) == []
 
 
@@ -358,11 +360,6 @@ def test_failed_self_check_writes_nothing(bundles, tmp_path, monkeypatch):
 # command line
 
 
-def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dga.cli.export", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 def _copy_bundle(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest
@@ -389,7 +386,7 @@ CLI_ERRORS = {  # case -> what the one error line must name
 
 @pytest.fixture(scope="module")
 def cli_runs(bundles, tmp_path_factory):
-    """Every CLI error case, started at once (each child spends seconds importing torch)."""
+    """Every CLI error case, run concurrently (each child spends seconds importing torch)."""
     base = tmp_path_factory.mktemp("cli")
     ar = bundles["ar"]
     cases: dict[str, tuple[list[str], Path]] = {}
@@ -417,12 +414,14 @@ def cli_runs(bundles, tmp_path_factory):
     case("opt-batch", ar, "--opt-batch", "500", "--max-batch", "256")
     case("engine-without-tensorrt", ar, "--engine", "--max-batch", "8", "--opt-batch", "8", "--verify-batches", "1,7")
 
-    procs = {name: _cli(*args) for name, (args, _) in cases.items()}
-    results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, stdout, stderr, cases[name][1])
-    return results
+    def run(name: str) -> tuple[int, str, str, Path]:
+        args, outdir = cases[name]
+        proc = subprocess.run([sys.executable, "-m", "dga.cli.export", *args], capture_output=True, text=True,
+                              timeout=300)
+        return proc.returncode, proc.stdout, proc.stderr, outdir
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # a few at a time: each child is mostly imports
+        return dict(zip(cases, pool.map(run, cases), strict=True))
 
 
 @pytest.mark.parametrize("name", sorted(CLI_ERRORS))

@@ -10,6 +10,7 @@ ablation switch changes the model the way METHODS.md 5.4 describes.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from dga.train.data.coop import load_dataset
 from dga.train.data.descriptions import load_descriptions
 from dga.train.data.fewshot import fewshot_splits
 from dga.train.data.images import eval_transform
-from dga.train.methods import PrepareContext, create
+from dga.train.methods import PrepareContext, assemble, create
 from dga.train.run import TrainJob, run_training
 from dga.train.trainer import STATE_FILE, Trainer, make_loader
 
@@ -319,24 +320,30 @@ def probe(shapes_data):
     return next(iter(make_loader(items, eval_transform(192), 6, False, 0, 0)))[0]
 
 
+def rebuilt(bundle, **changes):
+    """The bundle's learned tensors assembled under a changed configuration (no training)."""
+    return assemble({**bundle.cfg, **changes}, bundle.model.learned_state(), bundle.model.backbone).eval()
+
+
 def test_dga_no_hkp(shapes_data, splits_dir, tmp_path, probe):
     bundle = train_dga(shapes_data, splits_dir, tmp_path, "nohkp", hkp=False)
     views = bundle.manifest["views"]
     assert views[0]["name"] == "global" and views[0]["mix"] == [1.0, 0.0, 0.0, 0.0, 0.0]  # delta_0 alone
     assert len(views) == 7
-    model, head = bundle.model, bundle.model.head
     parent1 = torch.tensor(bundle.manifest["hierarchy"]["parents"][0])
-    # With lambda = 1 the output is z^SG alone: exactly the expansion of the level-1 logits.
-    head.lam = 1.0
     with torch.no_grad():
-        out = model(probe)
+        # With lambda = 1 the output is z^SG alone: exactly the expansion of the level-1 logits.
+        out = rebuilt(bundle, lam=1.0)(probe)
+        # With HKP on, the same tensors give something else (redistribution and averaging).
+        out_hkp = rebuilt(bundle, lam=1.0, hkp=True)(probe)
+        # The trained no-HKP model mixes z^VG and that expansion with lambda = 0.7.
+        out_trained = bundle.model(probe)
     assert torch.allclose(out.logits, out.level_logits[0][:, parent1], atol=1e-5)
-    # The full model at lambda = 1 is not that (redistribution and averaging change it).
-    full = train_dga(shapes_data, splits_dir, tmp_path, "full")
-    full.model.head.lam = 1.0
+    assert not torch.allclose(out_hkp.logits, out_hkp.level_logits[0][:, parent1], atol=1e-3)
+    z_vg = rebuilt(bundle, lam=0.0)
     with torch.no_grad():
-        out_full = full.model(probe)
-    assert not torch.allclose(out_full.logits, out_full.level_logits[0][:, parent1], atol=1e-3)
+        expected = 0.3 * z_vg(probe).logits + 0.7 * out.logits
+    assert torch.allclose(out_trained.logits, expected, atol=1e-4)
 
 
 def test_dga_no_sg(shapes_data, splits_dir, tmp_path):
@@ -352,20 +359,21 @@ def test_dga_no_sg(shapes_data, splits_dir, tmp_path):
 
 def test_dga_no_upf(shapes_data, splits_dir, tmp_path, probe):
     bundle = train_dga(shapes_data, splits_dir, tmp_path, "noupf", upf=False)
-    model, head = bundle.model, bundle.model.head
     assert len(bundle.manifest["views"]) == 7
-    # With lambda = 0 the output is z^VG; without UPF each scale's crops are averaged equally.
-    head.lam = 0.0
+    model = bundle.model
+    t0 = bundle.model.learned_state()["head.t0"]
+    scale = bundle.manifest["backbone"]["logit_scale"]
     with torch.no_grad():
         feats = model.encode_views(probe)
-        z = head.scale * feats @ head.t0.T  # [B, V, C]: every view scored against the class text
+        z = scale * feats @ t0.T  # [B, V, C]: every view scored against the class text
+        # With lambda = 0 the output is z^VG; without UPF each scale's crops are averaged equally.
         expected = (z[:, 0] + z[:, 3:5].mean(1) + z[:, 5:7].mean(1)) / 3
-        got = model(probe).logits
+        got = rebuilt(bundle, lam=0.0)(probe).logits
+        # With UPF on, and H0 = log C (the largest entropy there is, so no view is cut off and the
+        # near-uniform logits of a random backbone still get unequal weights), crops are weighted.
+        weighted = rebuilt(bundle, lam=0.0, upf=True, h0=math.log(9))(probe).logits
     assert torch.allclose(got, expected, atol=1e-4)
-    # with UPF on, the same model weights its crops by entropy: not the plain mean
-    head.use_upf = True
-    with torch.no_grad():
-        assert not torch.allclose(model(probe).logits, expected, atol=1e-4)
+    assert not torch.allclose(weighted, expected, atol=1e-4)
 
 
 def test_dga_no_vg(shapes_data, splits_dir, tmp_path):

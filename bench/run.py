@@ -1,0 +1,200 @@
+"""dga-bench: side by side in one run, on this machine.
+
+- reference: the papers' way, a PyTorch eager loop running the encoder once per view;
+- ours: the fused module (one encoder pass over B * V) in torch and the exported graph on every
+  available backend, at each batch size;
+- end-to-end: the Predictor over a folder of generated JPEGs of mixed sizes vs model-only;
+- the physical limit: encoder FLOPs per view x views / measured peak matmul throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dga.bench.measure import machine, peak_rss_mb, time_call
+from dga.bench.reference import PerViewLoop
+
+
+@dataclass
+class BenchOptions:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    repeat: int = 5
+    e2e_images: int = 512
+    e2e_batch: int = 64
+    workers: int | None = None
+    device: str = "auto"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def encoder_flops(model, device) -> int:
+    """FLOPs of one encoder pass on one 224 x 224 view (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = model.backbone.info.image_size
+    x = torch.zeros(1, 3, size, size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.backbone.encode_image(x)
+    return int(counter.get_total_flops())
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured FLOP/s of a large square matmul: the practical ceiling for the encoder."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    t = time_call(lambda: a @ b, warmup=2, repeat=5, sync=sync)
+    return 2 * n**3 / t["median_s"]
+
+
+def mixed_jpeg_folder(root: Path, n: int, seed: int = 0) -> list[Path]:
+    """n JPEGs of mixed sizes (320..1280 px sides) drawn from the synthetic generator."""
+    from PIL import Image
+
+    from dga.train.synthetic import sample_images
+
+    rng = np.random.default_rng(seed)
+    base = sample_images(min(n, 64), 256, seed=seed)
+    paths = []
+    for i in range(n):
+        w, h = (int(v) for v in rng.integers(320, 1281, size=2))
+        img = Image.fromarray(base[i % len(base)]).resize((w, h), Image.Resampling.BILINEAR)
+        p = root / f"{i:05d}.jpg"
+        img.save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None = None, log=print) -> dict:
+    from dga.export.deploy_module import DeployModule
+    from dga.export.package import ExportOptions, export_package
+    from dga.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from dga.runtime.package import DeployPackage
+    from dga.runtime.predictor import Predictor
+    from dga.train.bundle import load_bundle
+    from dga.train.synthetic import sample_images
+
+    device = _device(opts.device)
+    bundle = load_bundle(bundle_path, device)
+    model = bundle.model.eval()
+    s0, views = bundle.cfg["s0"], model.stack.num_views
+    tmp = Path(tempfile.mkdtemp(prefix="dga-bench-"))
+    if package_path is None:
+        package_path = tmp / "bench.deploy"
+        max_b = max(max(opts.batch_sizes), opts.e2e_batch)
+        export_package(bundle_path, package_path, ExportOptions(max_batch=max_b, opt_batch=min(64, max_b),
+                                                                verify=False), log=lambda s: None)
+    package = DeployPackage.load(package_path)
+    images = sample_images(max(opts.batch_sizes), s0, seed=1)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    rows: list[dict] = []
+
+    def record(kind: str, backend: str, precision: str, batch: int, fn) -> None:
+        t = time_call(fn, warmup=2, repeat=opts.repeat, sync=sync)
+        row = {"kind": kind, "backend": backend, "precision": precision, "batch": batch,
+               "images_per_s": batch / t["median_s"], "latency_ms": 1000 * t["median_s"],
+               "p90_ms": 1000 * t["p90_s"], "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if device.type == "cuda":
+            row["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.reset_peak_memory_stats()
+        rows.append(row)
+        log(f"  {kind:<28} {backend:<28} {precision:<5} batch {batch:>4}: {row['images_per_s']:9.1f} images/s")
+
+    loop = PerViewLoop(model)
+    fused = DeployModule(model, "fp32").to(device).eval()
+    runners = {}
+    if "onnxruntime" in opts.backends:
+        for precision in opts.precisions:
+            runners[precision] = OnnxRuntimeRunner(package, precision)
+    log(f"benchmark: {bundle.manifest['method']['name']} with {views} views, {bundle.manifest['backbone']['name']}, "
+        f"device {device}")
+    for b in opts.batch_sizes:
+        x = torch.from_numpy(images[:b]).to(device)
+        with torch.no_grad():
+            record("eager per-view loop (papers)", f"torch:{device.type}", "fp32", b, lambda x=x: loop(x))
+            if "torch" in opts.backends:
+                record("fused, one encoder pass", f"torch:{device.type}", "fp32", b, lambda x=x: fused(x))
+                if device.type == "cuda":
+                    def autocast_call(x=x):
+                        with torch.autocast("cuda", dtype=torch.float16):
+                            return fused(x)
+                    record("fused, one encoder pass", "torch:cuda autocast", "fp16", b, autocast_call)
+        for precision, runner in runners.items():
+            record("fused ONNX graph", runner.name, precision, b, lambda r=runner, b=b: r.infer(images[:b]))
+
+    # End-to-end: decoding real JPEG files of mixed sizes vs the same engine fed from memory.
+    e2e = {}
+    if runners:
+        folder = tmp / "jpegs"
+        folder.mkdir()
+        paths = mixed_jpeg_folder(folder, opts.e2e_images)
+        precision = opts.precisions[0]
+        predictor = Predictor(package, runners[precision], topk=5, batch_size=opts.e2e_batch, workers=opts.workers)
+        list(predictor.iter_results(paths[: opts.e2e_batch]))  # warm up
+        t = time.perf_counter()
+        n = sum(1 for r in predictor.iter_results(paths) if r.ok)
+        e2e_s = time.perf_counter() - t
+        model_only = time_call(lambda: [runners[precision].infer(images[:opts.e2e_batch])
+                                        for _ in range(1)], warmup=1, repeat=opts.repeat)
+        mo_ips = opts.e2e_batch / model_only["median_s"]
+        e2e = {"images": n, "batch": opts.e2e_batch, "backend": runners[precision].name, "precision": precision,
+               "end_to_end_images_per_s": n / e2e_s, "model_only_images_per_s": mo_ips,
+               "ratio": (n / e2e_s) / mo_ips, "jpeg_sides_px": [320, 1280]}
+        log(f"  end-to-end over {n} JPEGs: {e2e['end_to_end_images_per_s']:.1f} images/s vs model-only "
+            f"{mo_ips:.1f} ({100 * e2e['ratio']:.0f} %)")
+
+    flops = encoder_flops(model, device)
+    peak = peak_matmul_flops(device, torch.float16 if device.type == "cuda" else torch.float32)
+    limit = {"encoder_flops_per_view": flops, "views": views, "peak_matmul_flops_per_s": peak,
+             "limit_images_per_s": peak / (flops * views)}
+    log(f"  physical limit: {flops / 1e9:.2f} GFLOP/view x {views} views at {peak / 1e9:.0f} GFLOP/s "
+        f"-> {limit['limit_images_per_s']:.0f} images/s")
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+            "bundle": str(bundle_path), "method": bundle.manifest["method"]["name"],
+            "backbone": bundle.manifest["backbone"]["name"], "views": views, "s0": s0,
+            "rows": rows, "end_to_end": e2e, "limit": limit}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# dga-bench: {result['method']} ({result['views']} views), {result['backbone']}",
+             "", f"{result['date']} on {result['machine'].get('gpu') or result['machine']['cpu']} "
+             f"({result['machine']['cpu_count']} CPUs), torch {result['machine'].get('torch')}, "
+             f"onnxruntime {result['machine'].get('onnxruntime')}", "",
+             "| what | backend | precision | batch | images/s | latency ms |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['kind']} | {r['backend']} | {r['precision']} | {r['batch']} | "
+                     f"{r['images_per_s']:.1f} | {r['latency_ms']:.1f} |")
+    e = result.get("end_to_end")
+    if e:
+        lo, hi = e["jpeg_sides_px"]
+        lines += ["", f"End-to-end over {e['images']} JPEGs (sides {lo}-{hi} px), "
+                  f"{e['backend']} {e['precision']} batch {e['batch']}: {e['end_to_end_images_per_s']:.1f} images/s "
+                  f"vs model-only {e['model_only_images_per_s']:.1f} images/s ({100 * e['ratio']:.0f} %)."]
+    lim = result["limit"]
+    lines += ["", f"Physical limit: {lim['encoder_flops_per_view'] / 1e9:.3f} GFLOP per view x {lim['views']} views "
+              f"at a measured {lim['peak_matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul peak = "
+              f"{lim['limit_images_per_s']:.0f} images/s."]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    js.write_text(json.dumps(result, indent=1))
+    md.write_text(markdown(result))
+    return js, md
