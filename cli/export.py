@@ -14,7 +14,7 @@ EPILOG = """Examples:
 
   dga-export --ckpt pets.dga --out pets.deploy --max-batch 256 --opt-batch 64 --engine
 
-  dga-export --ckpt pets.dga --out pets-fast.deploy --views no-crops --verify-images data/pets/test/
+  dga-export --ckpt pets.dga --out pets-fast.deploy --views no-crops --eval-data data/pets
 
 The package holds model.onnx (fp32), model.fp16.onnx (unless --precision fp32), deploy.json
 and, with --engine on a host with TensorRT and an NVIDIA GPU, engines/<key>.plan.
@@ -34,6 +34,9 @@ def export(
     verify_batches: str = typer.Option("1,7,64", help="Batch sizes of the self-check (capped at --max-batch)."),
     verify_images: Path = typer.Option(None, help="Folder of real images for the self-check [generated]."),
     views: str = typer.Option("all", help="all | no-crops (DGA without the VG crop views: faster)."),
+    eval_data: Path = typer.Option(None, help="Labelled dataset: measure and record top-1 accuracy of the torch "
+                                              "module and each graph (e.g. to weigh --views no-crops)."),
+    eval_split: str = typer.Option("test", help="Split of --eval-data to measure on."),
     opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
 ) -> None:
     """Export a bundle to a deployment package and check that it reproduces the trained model."""
@@ -45,7 +48,8 @@ def export(
     except ValueError as exc:
         raise ConfigError(f"--verify-batches {verify_batches!r} must be comma-separated integers") from exc
     opts = ExportOptions(precision=precision, max_batch=max_batch, opt_batch=opt_batch, verify=verify,
-                         verify_batches=batches, views=views, opset=opset)
+                         verify_batches=batches, views=views, opset=opset, eval_data=eval_data,
+                         eval_split=eval_split)
     if verify_images is not None:
         opts.verify_images = load_folder_images(verify_images, ckpt)
     path, _ = export_package(ckpt, out, opts, log=typer.echo)

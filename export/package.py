@@ -44,6 +44,9 @@ class ExportOptions:
     verify_images: np.ndarray | None = None  # uint8 [N, S0, S0, 3]; generated if None
     views: str = "all"
     opset: int = OPSET
+    eval_data: Path | None = None  # labelled dataset: record measured accuracy in deploy.json
+    eval_split: str = "test"
+    eval_limit: int | None = None
 
     def validate(self) -> ExportOptions:
         if self.precision not in ("fp16", "fp32"):
@@ -148,6 +151,16 @@ def export_package(bundle_path: Path, out: Path, opts: ExportOptions, log=print)
                     f"self-check failed: {f.precision} at batch {f.batch} differs from the torch module "
                     f"(max |dlogit| {f.max_abs_diff:.3g}, top-1 agreement {f.top1_agreement:.2f}%); nothing was written"
                 )
+        if opts.eval_data is not None:
+            from dga.export.accuracy import accuracy_table, labelled_images
+
+            images, labels = labelled_images(opts.eval_data, opts.eval_split, bundle.classnames, cfg["s0"],
+                                             opts.eval_limit)
+            accuracy = accuracy_table(tmp, reference, images, labels, precisions)
+            facts["accuracy"] = {"data": str(opts.eval_data), "split": opts.eval_split, "images": len(labels),
+                                 "top1_percent": accuracy}
+            log("accuracy on " + f"{len(labels)} {opts.eval_split} images: "
+                + ", ".join(f"{k} {v:.2f}%" for k, v in accuracy.items()))
         facts["files"] = {name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for name, p in files.items()}
         facts["precisions"] = precisions
         facts["self_check"] = {"ran": opts.verify, "checks": checks_json(checks),
