@@ -6,16 +6,12 @@ from pathlib import Path
 
 import typer
 
-from dga.cli.common import run_app, single_command
+from dga.cli.common import epilog, run_app, single_command
 
-EPILOG = """Examples:
-
-  dga-bench --ckpt run.dga --out bench/results --name cpu-small
-
-  dga-bench --ckpt run.dga --package run.deploy --batch-sizes 1,8,64,256 --precisions fp32,fp16
-
-Writes NAME.json and NAME.md (a markdown table) side by side.
-"""
+EPILOG = epilog([
+    'dga-bench --ckpt run.dga --out bench/results --name cpu-small',
+    'dga-bench --ckpt run.dga --package run.deploy --batch-sizes 1,8,64,256 --precisions fp32,fp16',
+], 'Writes NAME.json and NAME.md (a markdown table) side by side.')
 
 
 def bench(

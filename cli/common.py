@@ -37,6 +37,12 @@ def run_app(app: typer.Typer) -> None:
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
+def epilog(examples: list[str], note: str = "") -> str:
+    """Examples block for --help; the \\b marker stops click from re-wrapping the commands."""
+    text = "Examples:\n\n\b\n" + "\n".join(f"  {e}" for e in examples) + "\n"
+    return text + (f"\n{note}\n" if note else "")
+
+
 def single_command(fn: Callable, help_text: str, epilog: str) -> typer.Typer:
     app = typer.Typer(add_completion=False, rich_markup_mode=None, help=help_text, epilog=epilog)
     app.command(help=help_text, epilog=epilog)(fn)

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import typer
 
-from dga.cli.common import run_app, single_command
+from dga.cli.common import epilog, run_app, single_command
 
-EPILOG = """Examples:
-
-  dga-demo
-
-  dga-demo --out /tmp/demo --epochs 5
-"""
+EPILOG = epilog([
+    'dga-demo',
+    'dga-demo --out /tmp/demo --epochs 5',
+], "")
 
 
 def demo(

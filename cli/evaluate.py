@@ -7,14 +7,12 @@ from pathlib import Path
 
 import typer
 
-from dga.cli.common import run_app, single_command
+from dga.cli.common import epilog, run_app, single_command
 
-EPILOG = """Examples:
-
-  dga-eval pets.dga data/oxford_pets --split test
-
-  dga-eval run.dga my_images/ --split val --json report.json
-"""
+EPILOG = epilog([
+    'dga-eval pets.dga data/oxford_pets --split test',
+    'dga-eval run.dga my_images/ --split val --json report.json',
+], "")
 
 
 def evaluate(

@@ -6,19 +6,14 @@ from pathlib import Path
 
 import typer
 
-from dga.cli.common import run_app, single_command
+from dga.cli.common import epilog, run_app, single_command
 
-EPILOG = """Examples:
-
-  dga-export --ckpt pets.dga --out pets.deploy
-
-  dga-export --ckpt pets.dga --out pets.deploy --max-batch 256 --opt-batch 64 --engine
-
-  dga-export --ckpt pets.dga --out pets-fast.deploy --views no-crops --eval-data data/pets
-
-The package holds model.onnx (fp32), model.fp16.onnx (unless --precision fp32), deploy.json
-and, with --engine on a host with TensorRT and an NVIDIA GPU, engines/<key>.plan.
-"""
+EPILOG = epilog([
+    'dga-export --ckpt pets.dga --out pets.deploy',
+    'dga-export --ckpt pets.dga --out pets.deploy --max-batch 256 --opt-batch 64 --engine',
+    'dga-export --ckpt pets.dga --out pets-fast.deploy --views no-crops --eval-data data/pets',
+], 'The package holds model.onnx (fp32), model.fp16.onnx (unless --precision fp32), deploy.json '
+   'and, with --engine on a host with TensorRT and an NVIDIA GPU, engines/<key>.plan.')
 
 
 def export(

@@ -8,22 +8,17 @@ from pathlib import Path
 
 import typer
 
-from dga.cli.common import run_app, single_command
+from dga.cli.common import epilog, run_app, single_command
 
 EXIT_SOME_FAILED = 3  # every good file has its row; some files are listed in errors.jsonl
 
-EPILOG = f"""Examples:
-
-  dga-infer photos/ --model run.deploy --out preds.csv
-
-  dga-infer photos/ --model run.deploy --backend onnxruntime --batch-size 32 --out preds.jsonl --topk 3
-
-  dga-infer photos/ --model run.deploy --out preds.csv --resume      # continue an interrupted run
-
-Exit codes: 0 every file predicted; {EXIT_SOME_FAILED} some files could not be read (see the errors
-file: path, reason, message); 2 a usage error (bad model, bad option); --fail-fast stops at the
-first bad file (exit {EXIT_SOME_FAILED}).
-"""
+EPILOG = epilog([
+    'dga-infer photos/ --model run.deploy --out preds.csv',
+    'dga-infer photos/ --model run.deploy --backend onnxruntime --batch-size 32 --out preds.jsonl --topk 3',
+    'dga-infer photos/ --model run.deploy --out preds.csv --resume      # continue an interrupted run',
+], f"Exit codes: 0 every file predicted; {EXIT_SOME_FAILED} some files could not be read (see the errors "
+   f"file: path, reason, message); 2 a usage error (bad model, bad option); --fail-fast stops at the first "
+   f"bad file (exit {EXIT_SOME_FAILED}).")
 
 
 def infer(
@@ -65,8 +60,11 @@ def infer(
     levels = predictor.package.level_names()
     writer = ResultWriter(out, fmt=fmt, topk=predictor.topk_k, level_names=levels, resume=resume)
     err_writer = ErrorWriter(errors, resume=resume)
+    failed_earlier = 0  # files of this listing that a resumed run's earlier part already reported as failed
     if resume:
-        done = writer.done_paths() | err_writer.done_paths()
+        failed_before = err_writer.done_paths()
+        failed_earlier = sum(1 for p in paths if p in failed_before)
+        done = writer.done_paths() | failed_before
         paths = [p for p in paths if p not in done]
     bar = None
     if progress if progress is not None else sys.stderr.isatty():
@@ -89,6 +87,9 @@ def infer(
                     stopped = True
                     typer.echo(f"error: {result.path}: {result.message} (--fail-fast)", err=True)
                     break
+            if (ok + failed) % predictor.batch_size == 0:  # rows reach the disk batch by batch
+                writer.flush()
+                err_writer.flush()
             if bar is not None:
                 bar.update(1)
     finally:
@@ -108,7 +109,7 @@ def infer(
                                    "out": str(out), "errors": str(errors), "stopped_early": stopped}, indent=1))
         tmp.replace(summary)
     predictor.close()
-    if failed:
+    if failed or failed_earlier:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

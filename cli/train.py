@@ -6,18 +6,14 @@ from pathlib import Path
 
 import typer
 
-from dga.cli.common import run_app, single_command
+from dga.cli.common import epilog, run_app, single_command
 
-EPILOG = """Examples:
-
-  dga-train data/oxford_pets --method dga --backbone ViT-B-16 --pretrained openai --shots 16 --seed 1 --out pets.dga
-
-  dga-train my_images/ --method attrvr --des desattr.json --dist distattr.json --out mine.dga
-
-  dga-train my_images/ --method dvp-cse --cause shape.json --cause colour.json --cause texture.json --out dvp.dga
-
-  dga-train my_images/ --method dga --no-hkp --epochs 50 --out ablation.dga
-"""
+EPILOG = epilog([
+    'dga-train data/oxford_pets --method dga --backbone ViT-B-16 --pretrained openai --shots 16 --out pets.dga',
+    'dga-train my_images/ --method attrvr --des desattr.json --dist distattr.json --out mine.dga',
+    'dga-train my_images/ --method dvp-cse --cause shape.json --cause colour.json --cause texture.json --out dvp.dga',
+    'dga-train my_images/ --method dga --no-hkp --epochs 50 --out ablation.dga',
+], "")
 
 
 def train(

@@ -145,7 +145,7 @@ def test_method_trains_and_bundle_reloads(method, shapes_data, splits_dir, backb
     assert torch.count_nonzero(before.stack.programs) == 0
     assert torch.count_nonzero(bundle.model.stack.programs) > 0, "training moved no prompt"
     loss_before, loss_after = eval_loss(before, x, y), eval_loss(bundle.model, x, y)
-    assert loss_after < loss_before - 2e-3, (method, loss_before, loss_after)
+    assert loss_after < loss_before - 1e-2, (method, loss_before, loss_after)
 
     # (b) the reloaded bundle reproduces the trained model's logits exactly
     trained = seen["model"].eval()
@@ -237,7 +237,7 @@ def test_same_seed_gives_identical_tensors(shapes_data, splits_dir, tmp_path):
     assert data_a == data_b, "same job, same seed: the tensor bytes must be identical"
     # and a different seed does give different prompts (the check above can fail)
     c = tmp_path / "c.dga"
-    job = make_job(shapes_data, splits_dir, "dvp-cls", c, epochs=2, plots=False)
+    job = make_job(shapes_data, splits_dir, "dvp-cls", c, epochs=1, plots=False)
     job.train_cfg.seed = SEED + 1
     run_training(job)
     ta, tc = load_file(str(a / "tensors.safetensors")), load_file(str(c / "tensors.safetensors"))
