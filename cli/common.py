@@ -11,12 +11,13 @@ import typer
 from dga.errors import EXIT_USER_ERROR, DgaError
 
 
-def run_app(app: typer.Typer) -> None:
-    """Run a typer app; a DgaError prints ``error: <sentence>`` and exits with code 2."""
+def run_app(app: typer.Typer, prog_name: str | None = None) -> None:
+    """Run a typer app; user errors (ours and click's usage errors) print one ``error:`` line, exit 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    prog = prog_name or app.info.name or "dga"
     try:
         # With standalone_mode=False click returns a typer.Exit's code instead of raising it.
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name=prog)
     except DgaError as exc:
         typer.echo("error: " + " ".join(str(exc).split()), err=True)  # always one line
         sys.exit(EXIT_USER_ERROR)
@@ -30,8 +31,9 @@ def run_app(app: typer.Typer) -> None:
 
         # typer >= 0.20 vendors click (typer._click): its ClickException is not click's own.
         usage_errors = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
-        if isinstance(exc, usage_errors) and hasattr(exc, "show"):
-            exc.show()
+        if isinstance(exc, usage_errors):
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            typer.echo(f"error: {' '.join(message.split())} (see '{prog} --help')", err=True)
             sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
@@ -43,7 +45,8 @@ def epilog(examples: list[str], note: str = "") -> str:
     return text + (f"\n{note}\n" if note else "")
 
 
-def single_command(fn: Callable, help_text: str, epilog: str) -> typer.Typer:
-    app = typer.Typer(add_completion=False, rich_markup_mode=None, help=help_text, epilog=epilog)
+def single_command(fn: Callable, help_text: str, epilog: str, name: str | None = None) -> typer.Typer:
+    name = name or "dga-" + fn.__name__  # the console script's name, shown in usage and errors
+    app = typer.Typer(name=name, add_completion=False, rich_markup_mode=None, help=help_text, epilog=epilog)
     app.command(help=help_text, epilog=epilog)(fn)
     return app

@@ -65,7 +65,7 @@ def evaluate(
         tmp.replace(json_out)
 
 
-app = single_command(evaluate, evaluate.__doc__, EPILOG)
+app = single_command(evaluate, evaluate.__doc__, EPILOG, name="dga-eval")
 
 
 def main() -> None:

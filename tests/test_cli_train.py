@@ -215,9 +215,10 @@ def test_usage_error_is_not_a_traceback(monkeypatch, capsys):
 
     code, _, err = call_main(main, ["dga-train", "data", "--out", "x.dga", "--epochs", "many"], monkeypatch, capsys)
     assert code == 2 and "Traceback" not in err
-    assert "Invalid value for '--epochs'" in err and "Try 'dga-train --help'" in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "Invalid value for '--epochs'" in err and "'dga-train --help'" in err
     code, _, err = call_main(main, ["dga-train", "data"], monkeypatch, capsys)
-    assert code == 2 and "Missing option '--out'" in err and "Traceback" not in err
+    assert code == 2 and "Missing option '--out'" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------------------------
