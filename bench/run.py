@@ -21,6 +21,7 @@ import torch
 
 from dga.bench.measure import machine, peak_rss_mb, time_call
 from dga.bench.reference import PerViewLoop
+from dga.fsutil import atomic_write
 
 
 @dataclass
@@ -195,6 +196,6 @@ def markdown(result: dict) -> str:
 def write_results(result: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    js.write_text(json.dumps(result, indent=1))
-    md.write_text(markdown(result))
+    atomic_write(js, json.dumps(result, indent=1))
+    atomic_write(md, markdown(result))
     return js, md

@@ -60,9 +60,9 @@ def evaluate(
         typer.echo(f"  level {lv['level']} ({lv['groups']} groups): level head {lv['level_head_accuracy']:.2f}%, "
                    f"implied by final prediction {lv['implied_accuracy']:.2f}%")
     if json_out:
-        tmp = json_out.with_name(json_out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(json_out)
+        from dga.fsutil import atomic_write
+
+        atomic_write(json_out, json.dumps(report, indent=1))
 
 
 app = single_command(evaluate, evaluate.__doc__, EPILOG, name="dga-eval")

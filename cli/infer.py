@@ -104,10 +104,10 @@ def infer(
     if summary:
         import json
 
-        tmp = summary.with_name(summary.name + ".tmp")
-        tmp.write_text(json.dumps({**info.to_json(), "precision": predictor.runner.precision,
+        from dga.fsutil import atomic_write
+
+        atomic_write(summary, json.dumps({**info.to_json(), "precision": predictor.runner.precision,
                                    "out": str(out), "errors": str(errors), "stopped_early": stopped}, indent=1))
-        tmp.replace(summary)
     predictor.close()
     if failed or failed_earlier:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -14,13 +14,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from dga.errors import EngineError
+from dga.fsutil import atomic_write
 
 KEY_FORMAT = 1
 SIDECAR_FORMAT = 1
@@ -180,23 +180,8 @@ def engine_paths(package_dir: str | os.PathLike[str], key: EngineKey) -> tuple[P
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> None:
-    """Write through a temporary file in the same folder and ``os.replace`` it into place.
-
-    A reader (or a crashed writer) then sees either the old file or the complete new one, never a
-    half-written plan.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A reader (or a crashed writer) sees the old file or the complete new one, never half a plan."""
+    atomic_write(path, data)
 
 
 @dataclass(frozen=True)

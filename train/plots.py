@@ -7,13 +7,15 @@ nothing touches pyplot's global state or the process-wide backend. Each PNG is w
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from dga.fsutil import atomic_write
 
 _MAX_TICK_LABELS = 60  # at most this many class-name tick labels on an axis
 _DPI = 100
@@ -29,20 +31,9 @@ def _new_figure(width: float, height: float):
 
 
 def _save_atomic(fig, out_png: str | os.PathLike[str]) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=_DPI)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return out
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return atomic_write(out_png, buf.getvalue())
 
 
 def _tick_step(n: int, max_labels: int = _MAX_TICK_LABELS) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -135,8 +134,3 @@ def make_plots(workdir: Path, model, cfg: dict, classnames: list[str], result: T
         out["plots/prm.png"] = plots.plot_prm(prm.detach().cpu().numpy(), classnames, workdir / "prm.png", group)
     return out
 
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)

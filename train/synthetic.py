@@ -13,13 +13,14 @@ import io
 import json
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw
+
+from dga.fsutil import atomic_write
 
 DEFAULT_PER_SPLIT: Mapping[str, int] = {"train": 8, "val": 4, "test": 4}
 MIN_SENTENCES = 25
@@ -112,20 +113,6 @@ def _split_class(name: str) -> tuple[str, str]:
         raise ValueError(f"class name {name!r} is not of the form <colour>_<shape>")
     return colour, shape
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # -------------------------------------------------------------------------------------------- images
@@ -220,7 +207,7 @@ def make_shapes_dataset(
                 else:
                     img.save(buf, format="PNG", optimize=False)
                     path = folder / f"{i}.png"
-                _write_atomic(path, buf.getvalue())
+                atomic_write(path, buf.getvalue())
     return names
 
 
@@ -446,7 +433,7 @@ def write_descriptions(root: str | os.PathLike[str], classnames: Sequence[str]) 
             data[name] = _dedupe_pad(build(c, s), MIN_SENTENCES, _filler(role, c, s))
         path = root / fname
         text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-        _write_atomic(path, text.encode("utf-8"))
+        atomic_write(path, text.encode("utf-8"))
         paths[role] = path
     return paths
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dga.errors import ConfigError
+from dga.fsutil import atomic_write
 from dga.train.config import TrainConfig
 from dga.train.data.images import ImageListDataset, eval_transform, train_transform
 from dga.train.evaluate import accuracy_report, predict
@@ -190,9 +191,7 @@ class Trainer:
 
 def write_metrics(path: Path, metrics: list[dict]) -> None:
     """Rewrite the whole JSON-lines file, so a resumed run never repeats or loses a row."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in metrics))
 
 
 def load_learned_state(model: ReprogramModel, state: dict[str, torch.Tensor]) -> None:

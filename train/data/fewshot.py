@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from dga.errors import DataError
+from dga.fsutil import atomic_write
 
 from .splits import DatasetSplits, Item
 
@@ -71,20 +71,8 @@ def _format(obj: dict[str, Any]) -> str:
 
 
 def _write_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file in the same folder and ``os.replace``: readers never see half a
-    file, and two runs racing to create it both leave a complete (identical) one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_format(obj))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Readers never see half a file; two runs racing to create it both leave a complete one."""
+    atomic_write(path, _format(obj))
 
 
 def _read_items(path: Path, obj: dict[str, Any], key: str, splits: DatasetSplits) -> list[Item]:
