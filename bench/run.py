@@ -30,6 +30,7 @@ class BenchOptions:
     backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     repeat: int = 5
+    min_time_s: float = 2.0  # keep timing each configuration at least this long (noisy machines)
     e2e_images: int = 512
     e2e_batch: int = 64
     workers: int | None = None
@@ -106,7 +107,7 @@ def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None =
     rows: list[dict] = []
 
     def record(kind: str, backend: str, precision: str, batch: int, fn) -> None:
-        t = time_call(fn, warmup=2, repeat=opts.repeat, sync=sync)
+        t = time_call(fn, warmup=2, repeat=opts.repeat, min_time_s=opts.min_time_s, sync=sync)
         row = {"kind": kind, "backend": backend, "precision": precision, "batch": batch,
                "images_per_s": batch / t["median_s"], "latency_ms": 1000 * t["median_s"],
                "p90_ms": 1000 * t["p90_s"], "peak_rss_mb": round(peak_rss_mb(), 1)}

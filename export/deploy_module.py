@@ -1,7 +1,8 @@
 """The deployment module: uint8 images in, fused class logits out, one encoder pass.
 
 Built from the very ReprogramModel that was trained (same ViewStack, same head formulas);
-only constants are baked: the prompt frames (sigmoid(program) * M) and, for DVP, the PRM
+only constants are baked: the prompt frames (sigmoid(program) * M, with the normalisation
+folded in) and, for DVP, the PRM
 folded into one D x C head per prompt.
 """
 
@@ -57,7 +58,7 @@ class DeployModule(nn.Module):
         self.stack = copy.deepcopy(model.stack).eval()
         self.stack.programs.requires_grad_(False)
         with torch.no_grad():
-            self.register_buffer("frames", self.stack.frames().detach().float().clone())
+            self.register_buffer("biases", self.stack.biases().detach().float().clone())
         visual = model.backbone.clip.visual
         self.encoder = fp16_encoder(visual) if precision == "fp16" else copy.deepcopy(visual)
         self.encoder.eval()
@@ -72,7 +73,7 @@ class DeployModule(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        views = self.stack.build(x, self.frames)  # [B * V, 3, 224, 224], all views, one batch
+        views = self.stack.build(x, self.biases)  # [B * V, 3, 224, 224], all views, one batch
         if self.precision == "fp16":
             views = views.half()
         feats = self.encoder(views).float()

@@ -58,15 +58,31 @@ def prompt_frame(kind: str, program: torch.Tensor, mask: torch.Tensor) -> torch.
     return (torch.sigmoid(program) if kind == "pad" else program) * mask
 
 
+def frame_bias(kind: str, frame: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """What is added after scaling pixels by 1/std: the frame and the mean folded into one constant.
+
+    pad:     Normalize(Pad(x) + F) = Pad(x / std) + (F - mean) / std   (F = 0 where the image sits)
+    overlay: Normalize(x) + F      = x / std + (F - mean / std)
+    """
+    return (frame - mean) / std if kind == "pad" else frame - mean / std
+
+
+def place(kind: str, x_scaled: torch.Tensor, size: int = 224, s0: int | None = None) -> torch.Tensor:
+    """Put scaled images [..., 3, S0, S0] into the encoder's frame: zero padding (pad) or as is."""
+    if kind != "pad":
+        return x_scaled
+    lo, hi = pad_amounts(s0 if s0 is not None else x_scaled.shape[-1], size)
+    return F.pad(x_scaled, (lo, hi, lo, hi))
+
+
 def apply_frame(
     kind: str, x: torch.Tensor, frame: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int = 224,
     s0: int | None = None,
 ) -> torch.Tensor:
     """x [N, 3, S0, S0] in [0, 1], frame [N or 1, 3, size, size] -> normalised encoder input.
 
-    ``s0`` may be given as a plain int so tracing for export does not depend on a traced shape.
+    Computed as place(x / std) + frame_bias: the same numbers as the formulas above, with one
+    elementwise pass over the large tensor (what the exported graph runs). ``s0`` may be given
+    as a plain int so tracing for export does not depend on a traced shape.
     """
-    if kind == "pad":
-        lo, hi = pad_amounts(s0 if s0 is not None else x.shape[-1], size)
-        return (F.pad(x, (lo, hi, lo, hi)) + frame - mean) / std
-    return (x - mean) / std + frame
+    return place(kind, x / std, size, s0) + frame_bias(kind, frame, mean, std)

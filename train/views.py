@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dga.train.prompts import apply_frame, prompt_frame, prompt_mask
+from dga.train.prompts import frame_bias, place, prompt_frame, prompt_mask
 
 # Fixed crop positions at inference, in this order (METHODS.md 5.3).
 CROP_POSITIONS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
@@ -106,17 +106,22 @@ class ViewStack(nn.Module):
                 out.append(crop_resize(x, v.box[0], v.box[1], v.side, self.s0))
         return out
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.build(x, self.frames(), generator)
+    def biases(self) -> torch.Tensor:
+        """[V, 3, size, size]: frame and normalisation folded into one constant per view."""
+        return frame_bias(self.kind, self.frames(), self.mean[0], self.std[0])
 
-    def build(self, x: torch.Tensor, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Views of x with the given frames (export passes frames baked as constants)."""
-        parts = [
-            apply_frame(self.kind, xv, frames[i : i + 1], self.mean, self.std, self.size, self.s0)
-            for i, xv in enumerate(self.view_images(x, generator))
-        ]
-        # View-major within each image: [B, V, 3, H, W] -> [B * V, ...], one encoder pass.
-        return torch.stack(parts, dim=1).flatten(0, 1)
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.build(x, self.biases(), generator)
+
+    def build(self, x: torch.Tensor, biases: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """All views of x as one encoder batch [B * V, 3, size, size] (export passes baked biases).
+
+        Pixels are scaled by 1/std once; crops, padding and the per-view constant follow as one
+        stacked tensor, so the graph has a few large ops instead of a few per view.
+        """
+        views = self.view_images(x / self.std, generator)
+        stacked = place(self.kind, torch.stack(views, dim=1), self.size, self.s0)  # [B, V, 3, size, size]
+        return (stacked + biases).flatten(0, 1)
 
 
 def random_crops(x: torch.Tensor, side: int, generator: torch.Generator | None = None) -> torch.Tensor:
