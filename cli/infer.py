@@ -35,6 +35,9 @@ def infer(
     topk: int = typer.Option(5, help="Labels and probabilities per row."),
     draft: bool = typer.Option(True, "--draft/--no-draft", help="JPEG DCT down-scaling while decoding (faster; "
                                                                 "--no-draft decodes exactly as training)."),
+    gpu_decode: bool = typer.Option(False, "--gpu-decode",
+                                    help="Decode JPEGs on the GPU (nvJPEG via torchvision; needs CUDA; pixels "
+                                         "differ slightly from the CPU path)."),
     resume: bool = typer.Option(False, help="Skip paths already in --out / the errors file; append the rest."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first file that cannot be read."),
     summary: Path = typer.Option(None, help="Also write the run summary as JSON here."),
@@ -54,8 +57,14 @@ def infer(
     if not out.resolve().parent.is_dir():
         raise ConfigError(f"cannot write {out}: its folder does not exist; create it or choose another --out")
     errors = errors or out.with_name("errors.jsonl")
+    if gpu_decode:
+        from dga.runtime.gpu_decode import gpu_decode_available
+
+        if not gpu_decode_available():
+            raise ConfigError("--gpu-decode needs torch, torchvision and a CUDA GPU; drop it to decode on the CPU")
     predictor = Predictor.from_package(model, backend=backend, precision=precision, topk=topk,
-                                       batch_size=batch_size, workers=workers, threads=threads, draft=draft)
+                                       batch_size=batch_size, workers=workers, threads=threads, draft=draft,
+                                       gpu_decode="cuda" if gpu_decode else None)
     paths = [str(p) for p in list_inputs(inputs)]
     levels = predictor.package.level_names()
     writer = ResultWriter(out, fmt=fmt, topk=predictor.topk_k, level_names=levels, resume=resume)

@@ -40,8 +40,12 @@ def _decode_one(path: str, s0: int, draft: bool) -> np.ndarray | DecodeError:
         return exc
 
 
-def decode_chunk(pool: ThreadPoolExecutor, paths: Sequence[str], s0: int, draft: bool) -> DecodedBatch:
-    results = list(pool.map(lambda p: _decode_one(p, s0, draft), paths))
+def decode_chunk(pool: ThreadPoolExecutor, paths: Sequence[str], s0: int, draft: bool,
+                 gpu_decoder=None) -> DecodedBatch:
+    if gpu_decoder is not None:
+        results = gpu_decoder.decode(paths)
+    else:
+        results = list(pool.map(lambda p: _decode_one(p, s0, draft), paths))
     good, images, failures, order = [], [], [], []
     for path, res in zip(paths, results, strict=True):
         if isinstance(res, DecodeError):
@@ -59,8 +63,11 @@ _DONE = object()
 
 
 def decoded_batches(paths: Sequence[str | Path], s0: int, batch_size: int, workers: int | None = None,
-                    prefetch: int = 2, draft: bool = True) -> Iterator[DecodedBatch]:
-    """Yield decoded batches in order, decoding up to ``prefetch`` batches ahead of the consumer."""
+                    prefetch: int = 2, draft: bool = True, gpu_decoder=None) -> Iterator[DecodedBatch]:
+    """Yield decoded batches in order, decoding up to ``prefetch`` batches ahead of the consumer.
+
+    ``gpu_decoder`` (a ``gpu_decode.JpegBatchDecoder``) decodes each chunk's JPEGs in one call.
+    """
     paths = [str(p) for p in paths]
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
@@ -71,7 +78,7 @@ def decoded_batches(paths: Sequence[str | Path], s0: int, batch_size: int, worke
                 for start in range(0, len(paths), batch_size):
                     if stop.is_set():
                         break
-                    q.put(decode_chunk(pool, paths[start:start + batch_size], s0, draft))
+                    q.put(decode_chunk(pool, paths[start:start + batch_size], s0, draft, gpu_decoder))
         except BaseException as exc:  # surface producer errors in the consumer
             q.put(exc)
         finally:

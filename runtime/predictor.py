@@ -64,8 +64,13 @@ class Result:
 
 class Predictor:
     def __init__(self, package: DeployPackage, runner: Runner, topk: int = 5, batch_size: int = 64,
-                 workers: int | None = None, draft: bool = True):
+                 workers: int | None = None, draft: bool = True, gpu_decode: str | None = None):
         self.package, self.runner = package, runner
+        self.gpu_decoder = None
+        if gpu_decode:  # a device name ("cuda", "cuda:1"; "cpu" runs the same code for tests)
+            from dga.runtime.gpu_decode import JpegBatchDecoder
+
+            self.gpu_decoder = JpegBatchDecoder(package.s0, gpu_decode, draft)
         self.topk_k = min(topk, len(package.classnames))
         self.batch_size = max(1, min(batch_size, runner.max_batch))
         self.workers, self.draft = workers, draft
@@ -74,10 +79,10 @@ class Predictor:
     @classmethod
     def from_package(cls, path: str | Path, backend: str = "auto", precision: str = "auto", device: int = 0,
                      topk: int = 5, batch_size: int = 64, workers: int | None = None, threads: int | None = None,
-                     draft: bool = True) -> Predictor:
+                     draft: bool = True, gpu_decode: str | None = None) -> Predictor:
         package = DeployPackage.load(path)
         runner = open_runner(package, backend, precision, device, threads=threads)
-        return cls(package, runner, topk, batch_size, workers, draft)
+        return cls(package, runner, topk, batch_size, workers, draft, gpu_decode)
 
     @property
     def classnames(self) -> list[str]:
@@ -117,7 +122,8 @@ class Predictor:
     def iter_results(self, paths: Iterable[str | Path]) -> Iterator[Result]:
         """Decode (in parallel, ahead of the engine) and predict; one Result per path, in order."""
         names = self.classnames
-        for batch in decoded_batches(list(paths), self.package.s0, self.batch_size, self.workers, draft=self.draft):
+        for batch in decoded_batches(list(paths), self.package.s0, self.batch_size, self.workers, draft=self.draft,
+                                     gpu_decoder=self.gpu_decoder):
             probs = self.run(batch.images)[1] if len(batch.paths) else np.zeros((0, len(names)))
             top = np.argsort(-probs, axis=1, kind="stable")[:, :self.topk_k]
             for kind, i in batch.order:
