@@ -28,3 +28,36 @@ def shapes_data(tmp_path_factory):
     classes = make_shapes_dataset(root, per_split={"train": 8, "val": 4, "test": 4}, size=64, seed=0)
     files = write_descriptions(root, classes)
     return root, classes, files
+
+
+def make_random_bundle(backbone, shapes_data, method: str, out, seed: int):
+    """An untrained bundle of ``method`` with seeded random programs (and, for DVP, a random PRM)."""
+    from pathlib import Path
+
+    from dga.train.bundle import save_bundle
+    from dga.train.config import MethodConfig
+    from dga.train.data.descriptions import load_descriptions
+    from dga.train.data.imagefolder import list_images
+    from dga.train.data.images import eval_transform, open_rgb
+    from dga.train.methods import PrepareContext, create
+
+    root, classnames, files = shapes_data
+    classnames = list(classnames)
+    descriptions = {role: load_descriptions(path, classnames) for role, path in files.items()}
+    transform = eval_transform(192)
+    items = [(p, classnames.index(Path(p).parent.name)) for p in list_images(root / "train")]
+
+    def train_batches():
+        for i in range(0, len(items), 24):
+            chunk = items[i : i + 24]
+            yield torch.stack([transform(open_rgb(p)) for p, _ in chunk]), torch.tensor([y for _, y in chunk])
+
+    ctx = PrepareContext(backbone, classnames, MethodConfig(), descriptions, train_batches, seed=1)
+    model, cfg = create(ctx, method)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.stack.programs.copy_(torch.randn(model.stack.programs.shape, generator=g) * 2)
+        if method.startswith("dvp"):
+            prm = torch.rand(model.head.prm.shape, generator=g) + 0.05
+            model.head.prm.copy_(prm / prm.sum(dim=1, keepdim=True))
+    return save_bundle(out, model, cfg, classnames, training={})

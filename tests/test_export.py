@@ -22,6 +22,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import make_random_bundle
 
 METHODS = ("vp", "ar", "attrvr", "dvp-cse", "dvp-cls", "dga")
 BATCHES = (1, 7, 64)
@@ -74,37 +75,11 @@ def _tensor_types(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, in
 @pytest.fixture(scope="module")
 def bundles(backbone, shapes_data, tmp_path_factory) -> dict[str, Path]:
     """One untrained bundle per method, with random (seeded) programs and, for DVP, a random PRM."""
-    from dga.train.bundle import save_bundle
-    from dga.train.config import MethodConfig
-    from dga.train.data.descriptions import load_descriptions
-    from dga.train.data.imagefolder import list_images
-    from dga.train.data.images import eval_transform, open_rgb
-    from dga.train.methods import PrepareContext, create
-
-    root, classnames, files = shapes_data
-    classnames = list(classnames)
-    descriptions = {role: load_descriptions(path, classnames) for role, path in files.items()}
-    transform = eval_transform(192)
-    items = [(p, classnames.index(Path(p).parent.name)) for p in list_images(root / "train")]
-
-    def train_batches():
-        for i in range(0, len(items), 24):
-            chunk = items[i : i + 24]
-            yield torch.stack([transform(open_rgb(p)) for p, _ in chunk]), torch.tensor([y for _, y in chunk])
-
     base = tmp_path_factory.mktemp("bundles")
     out = {}
     for i, method in enumerate(METHODS):
-        ctx = PrepareContext(backbone, classnames, MethodConfig(), descriptions, train_batches, seed=1)
-        model, cfg = create(ctx, method)
-        g = torch.Generator().manual_seed(1000 + i)
-        with torch.no_grad():
-            model.stack.programs.copy_(torch.randn(model.stack.programs.shape, generator=g) * 2)
-            if method.startswith("dvp"):
-                prm = torch.rand(model.head.prm.shape, generator=g) + 0.05
-                model.head.prm.copy_(prm / prm.sum(dim=1, keepdim=True))
         (base / method).mkdir()
-        out[method] = save_bundle(base / method / "m.dga", model, cfg, classnames, training={})
+        out[method] = make_random_bundle(backbone, shapes_data, method, base / method / "m.dga", 1000 + i)
     return out
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_random_bundle
 from PIL import Image, ImageDraw, features
 
 from dga.errors import PackageError
@@ -183,31 +184,7 @@ def folder(tmp_path_factory) -> tuple[Path, list[str], dict[str, str]]:
 @pytest.fixture(scope="module")
 def dga_bundle(backbone, shapes_data, tmp_path_factory) -> Path:
     """An untrained DGA bundle with random (seeded) programs, as in test_export.py."""
-    from dga.train.bundle import save_bundle
-    from dga.train.config import MethodConfig
-    from dga.train.data.descriptions import load_descriptions
-    from dga.train.data.imagefolder import list_images
-    from dga.train.data.images import eval_transform, open_rgb
-    from dga.train.methods import PrepareContext, create
-
-    root, classnames, files = shapes_data
-    classnames = list(classnames)
-    descriptions = {role: load_descriptions(path, classnames) for role, path in files.items()}
-    transform = eval_transform(192)
-    items = [(p, classnames.index(Path(p).parent.name)) for p in list_images(root / "train")]
-
-    def train_batches():
-        for i in range(0, len(items), 24):
-            chunk = items[i:i + 24]
-            yield torch.stack([transform(open_rgb(p)) for p, _ in chunk]), torch.tensor([y for _, y in chunk])
-
-    ctx = PrepareContext(backbone, classnames, MethodConfig(), descriptions, train_batches, seed=1)
-    model, cfg = create(ctx, "dga")
-    g = torch.Generator().manual_seed(1005)
-    with torch.no_grad():
-        model.stack.programs.copy_(torch.randn(model.stack.programs.shape, generator=g) * 2)
-    base = tmp_path_factory.mktemp("infer_bundle")
-    return save_bundle(base / "m.dga", model, cfg, classnames, training={})
+    return make_random_bundle(backbone, shapes_data, "dga", tmp_path_factory.mktemp("infer_bundle") / "m.dga", 1005)
 
 
 @pytest.fixture(scope="module")
