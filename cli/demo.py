@@ -27,13 +27,10 @@ def demo(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ) -> None:
     """Generate a 9-class shapes dataset, train DGA on a tiny random-weight CLIP, export and run it."""
-    import numpy as np
-
-    from dga.export.ort_child import make_session
     from dga.export.package import ExportOptions, export_package
-    from dga.runtime.preprocess import eval_image
+    from dga.runtime.predictor import Predictor
+    from dga.runtime.results import Summary
     from dga.train.config import MethodConfig, TrainConfig
-    from dga.train.data.images import open_rgb
     from dga.train.run import TrainJob, run_training
     from dga.train.synthetic import make_shapes_dataset, write_descriptions
 
@@ -59,20 +56,19 @@ def demo(
                                 log=lambda s: typer.echo("      " + s.replace("\n", "\n      ")))
     typer.echo(f"[3/4] exported and self-checked {package} ({time.time() - t:.1f}s)")
 
-    test = sorted((data / "test").glob("*/*"))
-    labels = np.array([classes.index(p.parent.name) for p in test])
-    t = time.time()
-    images = np.stack([eval_image(open_rgb(str(p)), 192) for p in test])
-    decode_s = time.time() - t
-    session = make_session(str(package / "model.onnx"))
-    t = time.time()
-    logits = np.concatenate([session.run(["logits"], {"images": images[i:i + 32]})[0]
-                             for i in range(0, len(images), 32)])
-    run_s = time.time() - t
-    acc = 100.0 * float((logits.argmax(1) == labels).mean())
-    typer.echo(f"[4/4] ONNX Runtime (CPU) on {len(test)} test images: accuracy {acc:.1f}%, "
-               f"{len(test) / run_s:.1f} images/s model-only, {len(test) / (run_s + decode_s):.1f} images/s "
-               f"with decoding")
+    predictor = Predictor.from_package(package, backend="onnxruntime", batch_size=32)
+    start = time.perf_counter()
+    results = list(predictor.predict_folder(data / "test"))
+    wall = time.perf_counter() - start
+    good = [r for r in results if r.ok]
+    correct = sum(Path(r.path).parent.name == r.label for r in good)
+    summary = Summary(ok=len(good), failed=len(results) - len(good), wall_s=wall,
+                      batch_latencies=predictor.batch_latencies, backend=predictor.runner.name,
+                      batch_size=predictor.batch_size)
+    typer.echo(f"[4/4] inferred {data / 'test'}: accuracy {100.0 * correct / max(len(good), 1):.1f}% "
+               f"(chance {100.0 / len(classes):.1f}%)")
+    typer.echo(f"      {summary.line()}")
+    typer.echo(f"      the same from the shell: dga-infer {data / 'test'} --model {package} --out {out / 'preds.csv'}")
 
 
 app = single_command(demo, demo.__doc__, EPILOG)
