@@ -82,32 +82,3 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, object]) -> None:
         entry = model.metadata_props.add()
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def count_ops(model: onnx.ModelProto, op_type: str) -> int:
-    return sum(1 for n in model.graph.node if n.op_type == op_type)
-
-
-def patch_embedding_convs(model: onnx.ModelProto) -> int:
-    """Number of Conv nodes: the ViT encoder has exactly one (its patch embedding)."""
-    return count_ops(model, "Conv")
-
-
-def node_precisions(model: onnx.ModelProto) -> dict[str, str]:
-    """Element type of each node's first output, by node name (for precision checks)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        types[vi.name] = onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)
-    for init in inferred.graph.initializer:
-        types[init.name] = onnx.TensorProto.DataType.Name(init.data_type)
-    return {n.name: types.get(n.output[0], "UNKNOWN") for n in inferred.graph.node if n.output}
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
