@@ -56,6 +56,7 @@ def train(
     lr: float = typer.Option(40.0, help="SGD learning rate (cosine-annealed every iteration)."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     weight_decay: float = typer.Option(0.0, help="SGD weight decay."),
+    crop_scale: float = typer.Option(0.08, help="Smallest area fraction of RandomResizedCrop (0.08 = torchvision)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     workers: int = typer.Option(0, help="Data loader worker processes."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Autocast (fp16) on CUDA."),
@@ -82,7 +83,8 @@ def train(
                                 prompts=prompts, levels=levels, level_sizes=sizes, scales=scales,
                                 crop_step=crop_step, crops=crops, h0=h0, lam=lam, hkp=hkp, sg=sg, upf=upf, vg=vg),
         train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                              weight_decay=weight_decay, seed=seed, workers=workers, device=device, amp=amp),
+                              weight_decay=weight_decay, seed=seed, workers=workers, device=device, amp=amp,
+                              crop_scale=crop_scale),
         resume=resume, plots=plots,
     )
     path, result, training = run_training(job)

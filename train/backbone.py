@@ -2,8 +2,9 @@
 
 A backbone is named by an open_clip model config (built-in, or one of this project's small
 configs in ``model_configs/``) plus a weight source: a published pretrained tag (``openai``,
-``laion2b_s34b_b88k``), a local weight file, or ``None`` for a seeded random initialisation
-(tests, demos). CLIP stays frozen: eval mode, no gradients, fp32 weights.
+``laion2b_s34b_b88k``), ``shipped`` for the weights committed under ``weights/<model>/`` (the
+small CLIP pretrained here, offline), a local weight file, or ``None`` for a seeded random
+initialisation (tests). CLIP stays frozen: eval mode, no gradients, fp32 weights.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from torch import nn
 from dga.errors import BackboneError
 
 PROJECT_CONFIG_DIR = Path(__file__).parent / "model_configs"
+SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED = "shipped"  # --pretrained tag of the weights committed in weights/<model>/ (offline)
 _registered = False
+
+
+def shipped_weights(name: str) -> Path | None:
+    """The committed weight file of a project model (e.g. dga-shapes-vit-p32), or None."""
+    path = SHIPPED_WEIGHTS_DIR / name / "weights.safetensors"
+    return path if path.is_file() else None
 
 
 def register_project_configs() -> list[str]:
@@ -123,6 +132,12 @@ def load_backbone(
             f"unknown backbone '{name}': use an open_clip model name such as ViT-B-16 "
             f"(open_clip.list_models()) or a project config ({', '.join(project)})"
         )
+    if pretrained == SHIPPED and state_dict is None:
+        path = shipped_weights(name)
+        if path is None:
+            have = ", ".join(p.name for p in sorted(SHIPPED_WEIGHTS_DIR.glob("*")) if shipped_weights(p.name))
+            raise BackboneError(f"no shipped weights for {name}: '--pretrained {SHIPPED}' works for {have or 'none'}")
+        pretrained = str(path)
     if state_dict is None and pretrained and not _is_published_tag(name, pretrained):
         if not os.path.isfile(pretrained):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"

@@ -75,6 +75,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     amp: bool = True  # autocast on CUDA only
+    crop_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (torchvision's default)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -87,4 +88,6 @@ class TrainConfig:
             raise ConfigError(f"--batch-size {self.batch_size} must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"--lr {self.lr} must be positive")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"--crop-scale {self.crop_scale} must be in (0, 1]")
         return self

@@ -39,6 +39,7 @@ from dga.train.scenes import COLOURS, FILLS, SHAPES, SIZES, TEMPLATES, Scene, ex
 MODEL_NAME = "dga-shapes-vit-p32"
 EVAL_INDEX_START = 10_000_000  # held-out scenes: the training pool never reaches these indices
 ATTRIBUTES = ("size", "colour", "fill", "shape")
+RECIPE_FILE = "recipe.json"
 
 
 def render_pool(seed: int, start: int, n: int, size: int) -> tuple[np.ndarray, list[str], list[Scene]]:
@@ -54,15 +55,46 @@ def render_pool(seed: int, start: int, n: int, size: int) -> tuple[np.ndarray, l
 
 
 def _to_model_input(batch_u8: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor,
-                    flip: torch.Tensor | None = None) -> torch.Tensor:
+                    flip: torch.Tensor | None = None, gen: torch.Generator | None = None,
+                    zoom_p: float = 0.0) -> torch.Tensor:
     """uint8 NHWC -> normalised float NCHW at ``image_size`` (optionally flipping rows where flip)."""
     x = batch_u8.permute(0, 3, 1, 2).float().div_(255.0)
     if x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     if flip is not None and bool(flip.any()):
         x[flip] = x[flip].flip(-1)
+    if zoom_p > 0 and gen is not None:
+        x = zoom_out(x, gen, zoom_p)
     x.sub_(mean).div_(std)
     return x.contiguous()
+
+
+def zoom_out(x: torch.Tensor, gen: torch.Generator, p: float = 0.5, min_side: int = 160) -> torch.Tensor:
+    """Augmentation: with probability ``p`` shrink an image (float NCHW in [0, 1]) to a random side in
+    [min_side, S] and place it at a random spot on a frame of grey, a random colour or noise.
+
+    Visual reprogramming shows the frozen encoder exactly such pictures (an S0 image inside a learned
+    frame); web-trained CLIPs have seen borders and letterboxing, a model trained only on full-frame
+    renders has not and loses most of its accuracy to an 8-px grey border.
+    """
+    n, _, size, _ = x.shape
+    pick = torch.rand(n, generator=gen) < p
+    sides = torch.randint(min_side, size + 1, (n,), generator=gen)
+    kinds = torch.randint(0, 3, (n,), generator=gen)
+    colours = torch.rand(n, 3, generator=gen)
+    offsets = torch.rand(n, 2, generator=gen)
+    noise = torch.rand(n, 3, 28, 28, generator=gen)  # coarse noise, upsampled below: cheap to draw
+    out = x.clone()
+    for i in torch.nonzero(pick).flatten().tolist():
+        s = int(sides[i])
+        frame = (torch.full((3, size, size), 0.5) if kinds[i] == 0 else
+                 colours[i].view(3, 1, 1).expand(3, size, size).clone() if kinds[i] == 1 else
+                 F.interpolate(noise[i : i + 1], size=(size, size), mode="nearest")[0])
+        y0, x0 = (offsets[i] * (size - s)).long().tolist()
+        frame[:, y0:y0 + s, x0:x0 + s] = F.interpolate(x[i : i + 1], size=(s, s), mode="bilinear",
+                                                      align_corners=False, antialias=True)[0]
+        out[i] = frame
+    return out
 
 
 def soft_clip_loss(img_feat: torch.Tensor, txt_feat: torch.Tensor, logit_scale: torch.Tensor,
@@ -96,7 +128,7 @@ def all_labels() -> list[Scene]:
 @torch.no_grad()
 def zero_shot(model, tokenizer, images_u8: np.ndarray, scenes: list[Scene], image_size: int,
               mean: torch.Tensor, std: torch.Tensor, templates: tuple[int, ...] = (0,),
-              batch: int = 256) -> dict[str, float]:
+              batch: int = 256, pad_to: int | None = None) -> dict[str, float]:
     """Accuracy of the argmax over every combination's caption, in full and per attribute."""
     model.eval()
     combos = all_labels()
@@ -108,6 +140,10 @@ def zero_shot(model, tokenizer, images_u8: np.ndarray, scenes: list[Scene], imag
     preds = []
     for i in range(0, len(images_u8), batch):
         x = _to_model_input(torch.from_numpy(images_u8[i : i + batch]), image_size, mean, std)
+        if pad_to:  # as AR's first step sees it: the image shrunk to pad_to inside a mid-grey frame
+            a = (image_size - pad_to + 1) // 2
+            x = F.pad(F.interpolate(x * std + mean, size=(pad_to, pad_to), mode="bilinear", antialias=True),
+                      (a, image_size - pad_to - a, a, image_size - pad_to - a), value=0.5).sub(mean).div(std)
         f = F.normalize(model.encode_image(x).float(), dim=-1)
         preds.extend((f @ txt.t()).argmax(1).tolist())
     out = {"full": float(np.mean([combos[p].label == s.label for p, s in zip(preds, scenes, strict=True)]))}
@@ -158,22 +194,31 @@ def pretrain(
     warmup_frac: float = 0.04,
     pool: int = 30_000,
     pool_size: int = 64,
+    zoom_p: float = 0.5,
     log_every: int = 10,
     eval_n: int = 2000,
     eval_native: bool = True,
     threads: int | None = 2,
     plot: bool = True,
     card: bool = True,
+    stop_after: int | None = None,
 ) -> dict:
     """Pretrain ``dga-shapes-vit-p32`` for ``steps`` steps and write weights, metrics, plot, card.
 
-    Returns a summary dict (losses, wall time, zero-shot accuracies, paths).
+    Returns a summary dict (losses, wall time, zero-shot accuracies, paths). ``stop_after`` runs only
+    the first steps of the same schedule, rendering only the scenes they draw: the loss curve of a
+    full run, cut short (how the reproduction test checks the shipped weights' curve).
     """
     t_start = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
+    if stop_after is None:  # the arguments that decide the weights, for the reproduction test
+        recipe = {"steps": steps, "seed": seed, "batch": batch, "lr": lr, "weight_decay": weight_decay,
+                  "warmup_frac": warmup_frac, "pool": pool, "pool_size": pool_size, "zoom_p": zoom_p,
+                  "log_every": log_every, "threads": threads}
+        (out / RECIPE_FILE).write_text(json.dumps(recipe, indent=1) + "\n")
     model, tokenizer = build_model(seed)
     image_size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple | list)
                      else model.visual.image_size)
@@ -181,11 +226,31 @@ def pretrain(
     mean = torch.tensor(pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1)
     std = torch.tensor(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
 
+    batch = min(batch, pool)
+    n_run = steps if stop_after is None else min(steps, stop_after)
+    # Two generators: one draws the batches (so a short replay knows which scenes it needs), one the
+    # augmentations.
+    gen = torch.Generator().manual_seed(seed)
+    aug = torch.Generator().manual_seed(seed + 1)
     t0 = time.time()
-    images, captions, scenes = render_pool(seed, 0, pool, pool_size)
+    if stop_after is None:
+        images, captions, scenes = render_pool(seed, 0, pool, pool_size)
+        where = torch.arange(pool)
+    else:  # render only the scenes the first n_run batches draw: the same batches, a fraction of the work
+        replay = torch.Generator().manual_seed(seed)
+        needed = torch.unique(torch.cat([torch.randperm(pool, generator=replay)[:batch] for _ in range(n_run)]))
+        images = np.empty((len(needed), pool_size, pool_size, 3), dtype=np.uint8)
+        captions, scenes = [], []
+        for k, i in enumerate(needed.tolist()):
+            img, cap, scene = example(seed, i, size=pool_size)
+            images[k] = np.asarray(img, dtype=np.uint8)
+            captions.append(cap)
+            scenes.append(scene)
+        where = torch.full((pool,), -1, dtype=torch.long)
+        where[needed] = torch.arange(len(needed))
     images_t = torch.from_numpy(images)
     tokens = tokenizer(captions)
-    label_ids = {lab: i for i, lab in enumerate(sorted({s.label for s in scenes}))}
+    label_ids = {c.label: i for i, c in enumerate(all_labels())}
     labels = torch.tensor([label_ids[s.label] for s in scenes])
     render_s = time.time() - t0
 
@@ -193,21 +258,19 @@ def pretrain(
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    gen = torch.Generator().manual_seed(seed)
-    batch = min(batch, pool)
     metrics_path = out / "metrics.jsonl"
     records: list[dict] = []
     model.train()
     t_train = time.time()
     running, count = 0.0, 0
     with open(metrics_path, "w") as mf:
-        for step in range(steps):
+        for step in range(n_run):
             cur_lr = lr_at(step, steps, lr, warmup_frac)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
-            idx = torch.randperm(pool, generator=gen)[:batch]
-            flip = torch.rand(batch, generator=gen) < 0.5
-            x = _to_model_input(images_t[idx], image_size, mean, std, flip)
+            idx = where[torch.randperm(pool, generator=gen)[:batch]]
+            flip = torch.rand(batch, generator=aug) < 0.5
+            x = _to_model_input(images_t[idx], image_size, mean, std, flip, aug, zoom_p)
             img_f = model.encode_image(x)
             txt_f = model.encode_text(tokens[idx])
             loss = soft_clip_loss(img_f, txt_f, model.logit_scale, labels[idx])
@@ -218,7 +281,7 @@ def pretrain(
                 model.logit_scale.clamp_(0, math.log(100))
             running += float(loss.detach())
             count += 1
-            if (step + 1) % log_every == 0 or step + 1 == steps:
+            if (step + 1) % log_every == 0 or step + 1 == n_run:
                 rec = {"step": step + 1, "loss": running / count, "lr": cur_lr,
                        "logit_scale": float(model.logit_scale.detach().exp()),
                        "elapsed_s": round(time.time() - t_train, 2)}
@@ -230,15 +293,18 @@ def pretrain(
 
         result: dict = {"model": MODEL_NAME, "seed": seed, "steps": steps, "batch": batch, "lr": lr,
                         "weight_decay": weight_decay, "warmup_frac": warmup_frac, "pool": pool,
-                        "pool_size": pool_size, "log_every": log_every, "threads": torch.get_num_threads(),
+                        "pool_size": pool_size, "zoom_p": zoom_p, "log_every": log_every,
+                        "threads": torch.get_num_threads(),
                         "render_s": round(render_s, 1), "train_s": round(train_s, 1),
-                        "images_per_s": round(steps * batch / max(train_s, 1e-9), 1),
+                        "images_per_s": round(n_run * batch / max(train_s, 1e-9), 1),
                         "final_loss": records[-1]["loss"] if records else float("nan")}
         if eval_n > 0:
             ev_imgs, _, ev_scenes = render_pool(seed, EVAL_INDEX_START, eval_n, pool_size)
             result["zero_shot"] = zero_shot(model, tokenizer, ev_imgs, ev_scenes, image_size, mean, std)
             result["zero_shot_ensemble"] = zero_shot(model, tokenizer, ev_imgs, ev_scenes, image_size, mean, std,
                                                      templates=tuple(range(len(TEMPLATES))))
+            result["zero_shot_pad192"] = zero_shot(model, tokenizer, ev_imgs, ev_scenes, image_size, mean, std,
+                                                   pad_to=192)
             if eval_native:
                 nat_imgs, _, nat_scenes = render_pool(seed, EVAL_INDEX_START, eval_n, image_size)
                 result["zero_shot_native"] = zero_shot(model, tokenizer, nat_imgs, nat_scenes, image_size, mean, std)
@@ -280,7 +346,9 @@ Weights: `weights.safetensors` (fp16, {r['weights_bytes'] / 1e6:.1f} MB). Load w
 - Data: `dga.train.scenes.example(seed={r['seed']}, index, size={r['pool_size']})` for index
   0..{r['pool'] - 1} (pool rendered once, captions in 4 phrasings tokenised once); each step samples
   {r['batch']} from the pool (seeded `torch.Generator`), upsamples bilinearly to 224 px, random
-  horizontal flip, normalises with the model's mean/std.
+  horizontal flip, with probability {r['zoom_p']} shrinks the image to a random side in [160, 224]
+  on a frame of grey, a random colour or noise (`zoom_out`: robustness to reprogramming frames),
+  normalises with the model's mean/std.
 - Loss: symmetric contrastive loss, soft targets: samples whose scenes share `Scene.label` are all
   positives (row-normalised equality matrix); learnable logit scale clamped at 100.
 - AdamW lr {r['lr']}, betas (0.9, 0.98), weight decay {r['weight_decay']} (not on embeddings, norms,
@@ -297,11 +365,13 @@ predicted combination's attribute.
 - rendered at {r['pool_size']} px and upsampled (as in training): {acc_line(r.get('zero_shot'))}
 - same, text ensemble of the 4 caption phrasings: {acc_line(r.get('zero_shot_ensemble'))}
 - rendered natively at 224 px: {acc_line(r.get('zero_shot_native'))}
+- as the first, shrunk to 192 px inside a mid-grey frame (what AR sees before training):
+  {acc_line(r.get('zero_shot_pad192'))}
 
 ## Reproduce
 ```
 python -m dga.train.pretrain --out {out} --steps {r['steps']} --seed {r['seed']} --batch {r['batch']} \\
-    --lr {r['lr']} --pool {r['pool']} --pool-size {r['pool_size']}
+    --lr {r['lr']} --pool {r['pool']} --pool-size {r['pool_size']} --zoom-p {r['zoom_p']}
 ```
 Deterministic on CPU for a given seed and thread count. Mean loss per {r['log_every']} steps:
 `metrics.jsonl` (last line: the evaluation), curve: `loss.png`.
@@ -319,12 +389,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--pool", type=int, default=30_000, help="number of pre-rendered training scenes")
     p.add_argument("--pool-size", type=int, default=64, help="render size of the pool (px)")
+    p.add_argument("--zoom-p", type=float, default=0.5, help="probability of the shrink-onto-a-frame augmentation")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     r = pretrain(a.out, steps=a.steps, seed=a.seed, batch=a.batch, lr=a.lr, weight_decay=a.weight_decay,
-                 pool=a.pool, pool_size=a.pool_size, log_every=a.log_every, eval_n=a.eval_n, threads=a.threads)
+                 pool=a.pool, pool_size=a.pool_size, zoom_p=a.zoom_p, log_every=a.log_every,
+                 eval_n=a.eval_n, threads=a.threads)
     r.pop("model_obj", None)
     r.pop("losses", None)
     print(json.dumps(r, indent=2))

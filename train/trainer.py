@@ -86,7 +86,7 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------
     def train_loader(self, epoch: int) -> DataLoader:
-        return make_loader(self.train_items, train_transform(self.s0), self.cfg.batch_size, True,
+        return make_loader(self.train_items, train_transform(self.s0, self.cfg.crop_scale), self.cfg.batch_size, True,
                            self.cfg.seed * 100_003 + epoch, self.cfg.workers)
 
     def val_loader(self) -> DataLoader:

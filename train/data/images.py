@@ -62,11 +62,15 @@ def eval_transform(size: int) -> Transform:
     return EvalTransform(size)
 
 
-def train_transform(size: int) -> Transform:
-    """CoOp's augmentation: RandomResizedCrop (default scale/ratio, bicubic) + horizontal flip."""
+def train_transform(size: int, min_scale: float = 0.08) -> Transform:
+    """CoOp's augmentation: RandomResizedCrop (scale (min_scale, 1), default ratio, bicubic) + flip.
+
+    torchvision's default min_scale 0.08 suits photos; for small whole-object images (the embedded
+    benchmark) crops that small cut the object away and its label with it, hence the option.
+    """
     return transforms.Compose(
         [
-            transforms.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
+            transforms.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
         ]

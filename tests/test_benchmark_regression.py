@@ -1,0 +1,79 @@
+"""Regression on the embedded benchmark with the shipped small CLIP (issue 5 acceptance).
+
+A short schedule (8 shots, 2 epochs, seed 1) of every method on scene-fills-24, through the same
+``dga-compare`` machinery that produces the README table, compared with the backbone's zero-shot
+accuracy on the same 240 test images (one image = 0.42 points); and the exported graph of a trained
+bundle must score exactly the torch module's accuracy.
+
+Stated margins over zero-shot (measured here: AR +4.2, AttrVR +6.7, DVP-cls +0.8, DGA +2.1). Two
+methods do NOT beat zero-shot on this benchmark, in the short or the full schedule (README table),
+and the test pins what they do instead so a regression still shows: VP's 30-px watermark stays
+within 2 points of zero-shot (it neither helps nor hurts), and DVP-cse stays far above chance
+but well below zero-shot (its PRM picks descriptions by raw cosine, and each cause file here
+identifies only part of a class; see the README).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dga.bench.methods import CompareConfig, run_compare
+
+MARGINS = {"AR": 2.0, "AttrVR": 3.0, "DVP-cls": 0.4, "DGA": 1.0}  # points of test accuracy over zero-shot
+METHOD_ROWS = ("VP", "AR", "AttrVR", "DVP-cse", "DVP-cls", "DGA")
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    from dga.train.scenebench import make_benchmark
+
+    root = tmp_path_factory.mktemp("bench")
+    make_benchmark(root / "data", per_split={"train": 8, "val": 4, "test": 10}, seed=5)
+    cfg = CompareConfig(data=root / "data", out=root / "out", seeds=(1,), shots=8, epochs=2,
+                        rows=("zero-shot", *METHOD_ROWS))
+    return cfg, run_compare(cfg, log=lambda s: None)
+
+
+def _accuracies(results, row):
+    return results["runs"][f"{row}|1"]["test_acc"], results["runs"]["zero-shot|1"]["test_acc"]
+
+
+@pytest.mark.parametrize("row", sorted(MARGINS))
+def test_method_beats_zero_shot(compared, row):
+    acc, zs = _accuracies(compared[1], row)
+    assert 50.0 < zs < 95.0  # the zero-shot model is real, not chance, and leaves room
+    assert acc >= zs + MARGINS[row], f"{row}: {acc:.1f}% vs zero-shot {zs:.1f}%"
+
+
+def test_vp_stays_at_zero_shot_and_dvp_cse_above_chance(compared):
+    vp, zs = _accuracies(compared[1], "VP")
+    assert abs(vp - zs) <= 2.0, (vp, zs)
+    cse, _ = _accuracies(compared[1], "DVP-cse")
+    assert cse >= 40.0, cse  # chance is 4.2 %; a broken PRM or cause routing falls far below this
+
+
+def test_table_and_resume(compared):
+    cfg, results = compared
+    table = (cfg.out / "results.md").read_text()
+    for row in ("zero-shot", *METHOD_ROWS):
+        assert f"| {row} |" in table
+    before = json.loads((cfg.out / "results.json").read_text())
+    again = run_compare(cfg, log=lambda s: None)  # everything is there: nothing is retrained
+    assert again["runs"] == before["runs"]
+
+
+def test_exported_graph_scores_what_torch_scores(compared, tmp_path):
+    from dga.export.package import ExportOptions, export_package
+
+    cfg, _ = compared
+    bundle = cfg.out / "bundles" / "dga-s1.dga"
+    package, _ = export_package(bundle, tmp_path / "pkg", ExportOptions(
+        max_batch=16, opt_batch=16, verify_batches=[1, 16], eval_data=cfg.data))
+    facts = json.loads((package / "deploy.json").read_text())["accuracy"]
+    acc = facts["top1_percent"]
+    assert facts["images"] == 240
+    assert acc["onnx_fp32"] == acc["torch"], acc  # same images, same predictions: exactly equal
+    if "onnx_fp16" in acc:  # fp16 may flip a near-tie or two
+        assert abs(acc["onnx_fp16"] - acc["torch"]) <= 1.0, acc

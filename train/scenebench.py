@@ -1,0 +1,222 @@
+"""The embedded downstream benchmark ``scene-fills-24`` (issue 5, part 3).
+
+24 fine classes = 6 colours x 4 fills ("red striped", "blue dotted", ...; template "This is a photo
+of a {} shape."), grouped by colour into 6 super-classes. Each colour has its own two usual shapes
+(red things are circles or stars, blue ones squares or diamonds, ...; 15 % of objects take any of
+the 6 shapes), so classes of one colour look alike and a hierarchy built from visual prototypes has
+something to find, while the fill (texture) is what separates the classes inside a group. Size,
+position and background are nuisances.
+
+It is a task the small CLIP was not pretrained on: its captions always named size and shape and
+never tied a shape to a colour; here class names leave both out, the shape is a (noisy) cue of the
+super-class, and images are rendered at 112-160 px (pretraining saw 64 px renders upsampled). The
+description files cover every role the methods read: ``default`` (DGA's T_0), ``des``/``dist``
+(AttrVR) and three causes, shape / colour / texture (DVP-cse). Everything is a pure function of the
+seed. (A first design, 6 shapes x 4 fills, was dropped: the small CLIP's shape features are too weak
+for any method to move off zero-shot there; see the README.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dga.fsutil import atomic_write
+from dga.train.scenes import BACKGROUNDS, SHAPES, SIZES, Scene, render
+from dga.train.synthetic import _COLOURS, _SHAPES, _stable_int
+
+NAME = "scene-fills-24"
+FILLS = ("solid", "striped", "dotted", "outline")
+FILL_WORDS = {"solid": "solid", "striped": "striped", "dotted": "dotted", "outline": "outlined"}
+# super-class (colour) -> its two usual shapes
+PALETTES = {
+    "red": ("circle", "star"), "green": ("triangle", "hexagon"), "blue": ("square", "diamond"),
+    "yellow": ("star", "circle"), "purple": ("diamond", "hexagon"), "cyan": ("square", "triangle"),
+}
+OFF_PALETTE = 0.15  # probability that an object takes any of the 6 shapes
+RENDER_SIZES = (112, 160)  # inclusive range of image sides, drawn per image
+DEFAULT_PER_SPLIT = {"train": 32, "val": 8, "test": 25}
+TEMPLATE = "This is a photo of a {} shape."  # class names are "<colour> <fill>"
+
+# fill -> (how it looks, what it resembles, how it differs)
+_FILL_INFO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "solid": (("one even colour over the whole inside", "no pattern inside its outline", "a fully filled body",
+               "a flat, uniform surface", "no gaps in its colour"),
+              ("a sticker", "a paper cut-out", "a coloured tile")),
+    "striped": (("parallel stripes across its body", "alternating bands of colour and background",
+                 "straight lines running at an angle", "a banded pattern inside the outline",
+                 "evenly spaced stripes"),
+                ("a zebra pattern", "a striped awning", "a barcode")),
+    "dotted": (("small round dots inside its outline", "a grid of coloured spots", "a polka-dot pattern",
+                "background showing between the dots", "evenly spaced dots"),
+               ("polka-dot fabric", "a ladybird's spots", "a pegboard")),
+    "outline": (("only a coloured border", "an empty inside showing the background", "a thin line tracing its edge",
+                 "no fill at all inside", "a hollow body"),
+                ("a wire frame", "a stencil line", "a chalk outline")),
+}
+
+
+def class_name(colour: str, fill: str) -> str:
+    return f"{colour}_{FILL_WORDS[fill]}"
+
+
+def classes() -> list[tuple[str, str, str]]:
+    """(folder name, colour, fill) for every class, sorted by folder name (ImageFolder order)."""
+    return sorted((class_name(c, f), c, f) for c in PALETTES for f in FILLS)
+
+
+def superclass_of(name: str) -> str:
+    """The super-class (colour) of a fine class folder name."""
+    return name.partition("_")[0]
+
+
+def draw(colour: str, fill: str, rng: np.random.Generator):
+    """One benchmark image of class (colour, fill): a PIL RGB image of a random side in RENDER_SIZES."""
+    shapes = SHAPES if rng.random() < OFF_PALETTE else PALETTES[colour]
+    scene = Scene(shapes[rng.integers(len(shapes))], colour, fill, SIZES[rng.integers(len(SIZES))],
+                  BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
+    side = int(rng.integers(RENDER_SIZES[0], RENDER_SIZES[1] + 1))
+    return render(scene, side, rng)
+
+
+def make_benchmark(root: str | os.PathLike[str], per_split: dict[str, int] | None = None, seed: int = 0,
+                   descriptions: bool = True) -> list[str]:
+    """Write ``root/<split>/<class>/<i>.jpg|png`` (+ description files); return the class names.
+
+    Every fifth image is a PNG, the rest JPEG (quality 90). Each image has its own generator seeded
+    from (seed, split, class, index): files are byte-identical for the same arguments.
+    """
+    root = Path(root)
+    counts = dict(DEFAULT_PER_SPLIT if per_split is None else per_split)
+    names = [c[0] for c in classes()]
+    for split, n in counts.items():
+        for name, colour, fill in classes():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                rng = np.random.default_rng([seed & 0xFFFFFFFF, _stable_int(NAME, split), _stable_int(name), i])
+                img = draw(colour, fill, rng)
+                buf = io.BytesIO()
+                png = i % 5 == 4
+                img.save(buf, format="PNG" if png else "JPEG", **({} if png else {"quality": 90}))
+                atomic_write(folder / f"{i}.{'png' if png else 'jpg'}", buf.getvalue())
+    if descriptions:
+        write_descriptions(root)
+    return names
+
+
+# ------------------------------------------------------------------------------------- descriptions
+
+
+def _default(colour: str, fill: str) -> list[str]:
+    fw, (sa, sb) = FILL_WORDS[fill], PALETTES[colour]
+    looks, likes = _FILL_INFO[fill]
+    _, cadj, things, shades = _COLOURS[colour]
+    n = f"{colour} {fw} shape"
+    out = [f"a photo of a {n}.", f"a {n}, usually a {sa} or a {sb}.", f"a {colour} {fw} {sa} on a background.",
+           f"a {colour} {fw} {sb} on a background.", f"a picture of a single {n}.", f"a {cadj} {colour} {fw} object."]
+    out += [f"a {colour} shape with {x}." for x in looks]
+    out += [f"a {fw} shape coloured like {x}." for x in things]
+    out += [f"a {shades[0]} {fw} shape.", f"a {shades[1]} {fw} figure."]
+    out += [f"a {colour} shape patterned like {x}." for x in likes]
+    out += [f"a small {n} on a plain or noisy background.", f"a large {n} filling much of the picture."]
+    return out
+
+
+def _des(colour: str, fill: str) -> list[str]:
+    fw, (sa, sb) = FILL_WORDS[fill], PALETTES[colour]
+    looks, likes = _FILL_INFO[fill]
+    _, cadj, things, shades = _COLOURS[colour]
+    n = f"{colour} {fw} shape"
+    out = [f"the {n} shows {x}." for x in looks]
+    out += [f"its colour resembles {x}." for x in things]
+    out += [f"its pattern resembles {x}." for x in likes]
+    out += [f"the {n} is {colour}, a {cadj} colour.", f"its colour is {colour}, close to {shades[0]}.",
+            f"its tint can lean towards {shades[1]}.", f"the {n} is most often a {sa}.",
+            f"the {n} is often a {sb}.", f"its outline is usually a {sa} or a {sb}.",
+            f"the {n} can be small or large.", f"the {n} may appear anywhere in the frame.",
+            f"the {n} sits on a plain, checked, graded or noisy background."]
+    return out
+
+
+def _dist(colour: str, fill: str) -> list[str]:
+    fw = FILL_WORDS[fill]
+    looks, _ = _FILL_INFO[fill]
+    n = f"{colour} {fw} shape"
+    out = []
+    for f2 in FILLS:
+        if f2 != fill:
+            out.append(f"unlike the {colour} {FILL_WORDS[f2]} shape, this {colour} one shows {looks[0]}.")
+            out.append(f"it has the colour of the {colour} {FILL_WORDS[f2]} shape but a {fw} body.")
+    for c2 in PALETTES:
+        if c2 != colour:
+            out.append(f"unlike the {c2} {fw} shape, this {fw} shape is {colour}.")
+    out += [f"what distinguishes the {n} is {looks[1]}.", f"only the {n} combines {colour} with {looks[2]}.",
+            f"its outline hints at {colour}: usually a {' or a '.join(PALETTES[colour])}.",
+            f"pattern alone does not identify it: other {fw} shapes exist.",
+            f"colour alone does not identify it: other {colour} shapes have other patterns.",
+            f"the {n} is told apart by colour and pattern together.",
+            f"among the {colour} shapes, only this one is {fw}.", f"among the {fw} shapes, only this one is {colour}.",
+            f"the {n} is neither another colour nor another pattern."]
+    return out
+
+
+def _cause_shape(colour: str) -> list[str]:
+    out = []
+    for shape in PALETTES[colour]:
+        sadj, feats, things = _SHAPES[shape]
+        out += [f"a {shape} with {x}." for x in feats]
+        out += [f"a {shape} shaped like {things[0]}.", f"the outline of a {shape}.",
+                f"a {sadj} figure, a {shape}.", f"the silhouette of a {shape}."]
+    sa, sb = PALETTES[colour]
+    out += [f"a {sa} or a {sb}, seen straight on.", f"a geometric figure: a {sa} or a {sb}."]
+    return out
+
+
+def _cause_colour(colour: str) -> list[str]:
+    _, cadj, things, shades = _COLOURS[colour]
+    out = [f"something coloured like {x}." for x in things] + [f"an object the colour of {x}." for x in things]
+    out += [f"a photo of something {colour}.", f"a plain {colour} object in the picture.",
+            f"a {cadj} {colour} colour on the object.", f"a patch of {shades[0]} colour.",
+            f"a {shades[1]} coloured object.", f"a simple figure drawn in {colour}.",
+            f"an item whose colour is {colour}.", f"a {colour} hue standing out from the background.",
+            f"a vivid {colour} region in the image.", f"a {colour} tone, slightly varying in shade.",
+            f"the colour {colour}, clearly visible.", f"a saturated {colour} object.",
+            f"a {cadj} shade of {colour}.", f"an object coloured {shades[0]} or {shades[1]}."]
+    return out
+
+
+def _cause_texture(fill: str) -> list[str]:
+    fw = FILL_WORDS[fill]
+    looks, likes = _FILL_INFO[fill]
+    out = [f"an object with {x}." for x in looks] + [f"a shape showing {x}." for x in looks]
+    out += [f"a pattern like {x}." for x in likes] + [f"a surface patterned like {x}." for x in likes]
+    out += [f"a {fw} object in the picture.", f"a {fw} figure on a background.", f"the texture of a {fw} shape.",
+            f"a {fw} pattern, clearly visible.", f"a close-up of a {fw} surface.", f"a {fw} design, drawn flat.",
+            f"an object whose fill is {fw}."]
+    return out
+
+
+def write_descriptions(root: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write the six description files into ``root``; return role -> path (roles of ``--descriptions``,
+    ``--des``, ``--dist`` and ``--cause`` in that order: shape, colour, texture)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "default": ("descriptions.json", _default),
+        "des": ("desattr.json", _des),
+        "dist": ("distattr.json", _dist),
+        "cause0": ("cause_shape.json", lambda c, f: _cause_shape(c)),
+        "cause1": ("cause_colour.json", lambda c, f: _cause_colour(c)),
+        "cause2": ("cause_texture.json", lambda c, f: _cause_texture(f)),
+    }
+    paths = {}
+    for role, (fname, build) in builders.items():
+        data = {name: list(dict.fromkeys(build(c, f))) for name, c, f in classes()}
+        atomic_write(root / fname, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+        paths[role] = root / fname
+    return paths
