@@ -29,6 +29,7 @@ def compare(
     crop_scale: float = typer.Option(0.5, help="Smallest area fraction of RandomResizedCrop."),
     backbone: str = typer.Option("dga-shapes-vit-p32", help="open_clip model name."),
     pretrained: str = typer.Option("shipped", help="Weights: 'shipped' (committed), a tag or a file."),
+    template: str = typer.Option(None, help="Text template with {} [the benchmark's]."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
 ) -> None:
     """Train zero-shot, VP, AR, AttrVR, DVP-cse, DVP-cls, DGA and its four ablations; tabulate test accuracy."""
@@ -43,7 +44,8 @@ def compare(
         raise ConfigError(f"--seeds/--rows: {exc}") from exc
     cfg = CompareConfig(data=data or out / "data", out=out, seeds=seed_list, shots=shots, epochs=epochs, lr=lr,
                         batch_size=batch_size, crop_scale=crop_scale, backbone=backbone,
-                        pretrained=None if pretrained.lower() == "none" else pretrained, rows=names, device=device)
+                        pretrained=None if pretrained.lower() == "none" else pretrained, template=template,
+                        rows=names, device=device)
     run_compare(cfg, log=typer.echo)
     typer.echo((out / "results.md").read_text())
 
