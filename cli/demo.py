@@ -23,7 +23,7 @@ EPILOG = epilog([
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Working folder (data, bundle, package)."),
-    epochs: int = typer.Option(6, help="Training epochs."),
+    epochs: int = typer.Option(4, help="Training epochs (the best validation epoch is kept)."),
     shots: int = typer.Option(16, help="Training images per class."),
     seed: int = typer.Option(1, help="Few-shot draw and training seed."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
