@@ -203,7 +203,7 @@ def markdown_table(results: dict, rows: list[str], seeds) -> str:
     s = results["settings"]
     _, zs_mean, _ = summarise(results, "zero-shot", seeds)
     lines = [
-        f"Test accuracy (%) on `{Path(s['data']).name}`, {s['shots']} shots, backbone {s['backbone']} "
+        f"Test accuracy (%) on `{'/'.join(Path(s['data']).parts[-2:])}`, {s['shots']} shots, backbone {s['backbone']} "
         f"({s['pretrained']}), {s['epochs']} epochs, lr {s['lr']}, batch {s['batch_size']}, "
         f"crop scale {s['crop_scale']}; seeds {', '.join(map(str, seeds))}.",
         "",
