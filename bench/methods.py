@@ -130,7 +130,9 @@ def train_row(cfg: CompareConfig, row: Row, seed: int, template: str, bundle: Pa
     from dga.train.config import MethodConfig, TrainConfig
     from dga.train.run import TrainJob, run_training
 
-    files = description_files(Path(cfg.data))
+    # each method gets the roles it reads; only DVP-cse takes the cause files (K = their count)
+    files = {r: p for r, p in description_files(Path(cfg.data)).items()
+             if r in ("default", "des", "dist") or (row.method == "dvp-cse" and r.startswith("cause"))}
     method_cfg = MethodConfig(template=template, **row.overrides)
     job = TrainJob(data=Path(cfg.data), out=bundle, method=row.method, backbone=cfg.backbone,
                    pretrained=cfg.pretrained, shots=cfg.shots, descriptions=files,
@@ -138,9 +140,6 @@ def train_row(cfg: CompareConfig, row: Row, seed: int, template: str, bundle: Pa
                    train_cfg=TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
                                          device=cfg.device, crop_scale=cfg.crop_scale),
                    plots=False, progress=False)
-    # every method gets every file; each reads the roles it needs (DVP-cse: the three causes)
-    job.descriptions = {r: p for r, p in files.items()
-                        if r in ("default", "des", "dist") or (row.method == "dvp-cse" and r.startswith("cause"))}
     path, result, training = run_training(job)
     out = bundle_test_accuracy(path, Path(cfg.data), cfg.device)
     out.update({"val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
