@@ -22,7 +22,9 @@ def bench(
     batch_sizes: str = typer.Option("1,8,32,64", help="Comma-separated batch sizes."),
     backends: str = typer.Option("torch,onnxruntime", help="Which fused backends to time."),
     precisions: str = typer.Option("fp32", help="ONNX precisions to time (fp16 is for GPUs)."),
-    repeat: int = typer.Option(5, help="Timed calls per measurement (median reported)."),
+    repeat: int = typer.Option(5, help="Timed calls per configuration and round (median reported)."),
+    rounds: int = typer.Option(3, help="Interleaved rounds over all configurations (median over rounds)."),
+    min_time: float = typer.Option(1.0, help="Seconds each configuration is timed at least, per round."),
     e2e_images: int = typer.Option(512, help="JPEGs in the end-to-end folder."),
     e2e_batch: int = typer.Option(64, help="Batch size of the end-to-end run."),
     workers: int = typer.Option(None, help="Decode threads in the end-to-end run."),
@@ -32,8 +34,8 @@ def bench(
     from dga.bench.run import BenchOptions, run_bench, write_results
 
     opts = BenchOptions(batch_sizes=[int(b) for b in batch_sizes.split(",")], backends=backends.split(","),
-                        precisions=precisions.split(","), repeat=repeat, e2e_images=e2e_images,
-                        e2e_batch=e2e_batch, workers=workers, device=device)
+                        precisions=precisions.split(","), repeat=repeat, rounds=rounds, min_time_s=min_time,
+                        e2e_images=e2e_images, e2e_batch=e2e_batch, workers=workers, device=device)
     result = run_bench(ckpt, opts, package, log=typer.echo)
     stem = name or f"bench-{result['method']}-{'gpu' if result['machine'].get('gpu') else 'cpu'}"
     js, md = write_results(result, out, stem)

@@ -23,7 +23,7 @@ SCOPES = {re.compile(r"/upf(_\d+)?/"): "dga/UPF", re.compile(r"/hkp(_\d+)?/"): "
 
 
 @contextlib.contextmanager
-def _no_mha_fastpath():
+def no_mha_fastpath():
     """nn.MultiheadAttention's fused fast path has no ONNX symbolic; use the plain ops."""
     backends = getattr(torch.backends, "mha", None)
     if backends is None or not hasattr(backends, "set_fastpath_enabled"):
@@ -43,7 +43,7 @@ def export_onnx(module: DeployModule, path: Path, metadata: dict[str, object], o
     module = module.eval()
     dummy = torch.randint(0, 256, (example_batch, module.s0, module.s0, 3), dtype=torch.uint8)
     dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
-    with torch.no_grad(), _no_mha_fastpath(), warnings.catch_warnings():
+    with torch.no_grad(), no_mha_fastpath(), warnings.catch_warnings():
         # The tracer's notes on constant folding and Python constants are expected here.
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)

@@ -1,8 +1,14 @@
 """The one eval-time image transform, shared by training, export checks and the runtime.
 
 Resize the shorter side to ``size`` (bicubic with antialiasing, PIL), then centre-crop
-``size x size``. Rounding follows torchvision's ``Resize``/``CenterCrop`` so numbers match the
-CLIP preprocessing users know. Output is uint8 HWC RGB: what the deployed graph takes.
+``size x size``. Geometry and rounding follow torchvision's ``Resize``/``CenterCrop`` so the crop
+is the one CLIP users know. Output is uint8 HWC RGB: what the deployed graph takes.
+
+The two steps run as one: PIL resamples only the crop's box of the source image (``resize(box=)``)
+instead of resizing the whole image and throwing the sides away. Same filter, same sampling
+positions; PIL computes the box's filter weights from its float corners, so about 2 % of pixels
+come out 1-2 levels off a resize-then-crop (tested). On the mixed-size photos of the end-to-end
+benchmark this takes about a quarter of the decode CPU time away.
 """
 
 from __future__ import annotations
@@ -31,24 +37,34 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    if (new_w, new_h) == (w, h):
-        return img
-    return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    """The whole image with its shorter side resized to ``size`` (the two-step reference)."""
+    new = shorter_side_size(*img.size, size)
+    return img if new == img.size else img.resize(new, Image.Resampling.BICUBIC)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    left, top = crop_box(*img.size, size)
     return img.crop((left, top, left + size, top + size))
 
 
+def shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """(w, h) after resizing the shorter side to ``size`` (torchvision's rounding)."""
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def crop_box(w: int, h: int, size: int) -> tuple[int, int]:
+    """(left, top) of the centred size x size crop of a w x h image."""
+    return int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+
+
 def eval_image(img: Image.Image, size: int) -> np.ndarray:
-    """PIL image of any mode -> uint8 array [size, size, 3] (RGB)."""
-    img = center_crop(resize_shorter_side(to_rgb(img), size), size)
-    return np.asarray(img, dtype=np.uint8)
+    """PIL image of any mode -> uint8 array [size, size, 3] (RGB): the crop's box resampled once."""
+    img = to_rgb(img)
+    w, h = img.size
+    new_w, new_h = shorter_side_size(w, h, size)
+    left, top = crop_box(new_w, new_h, size)
+    if (new_w, new_h) == (w, h):
+        return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)

@@ -30,7 +30,7 @@ def shapes_data(tmp_path_factory):
     return root, classes, files
 
 
-def make_random_bundle(backbone, shapes_data, method: str, out, seed: int):
+def make_random_bundle(backbone, shapes_data, method: str, out, seed: int, **method_settings):
     """An untrained bundle of ``method`` with seeded random programs (and, for DVP, a random PRM)."""
     from pathlib import Path
 
@@ -44,7 +44,7 @@ def make_random_bundle(backbone, shapes_data, method: str, out, seed: int):
     root, classnames, files = shapes_data
     classnames = list(classnames)
     descriptions = {role: load_descriptions(path, classnames) for role, path in files.items()}
-    transform = eval_transform(192)
+    transform = eval_transform(method_settings.get("s0", 192))
     items = [(p, classnames.index(Path(p).parent.name)) for p in list_images(root / "train")]
 
     def train_batches():
@@ -52,7 +52,7 @@ def make_random_bundle(backbone, shapes_data, method: str, out, seed: int):
             chunk = items[i : i + 24]
             yield torch.stack([transform(open_rgb(p)) for p, _ in chunk]), torch.tensor([y for _, y in chunk])
 
-    ctx = PrepareContext(backbone, classnames, MethodConfig(), descriptions, train_batches, seed=1)
+    ctx = PrepareContext(backbone, classnames, MethodConfig(**method_settings), descriptions, train_batches, seed=1)
     model, cfg = create(ctx, method)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

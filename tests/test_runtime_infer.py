@@ -597,3 +597,21 @@ def test_open_runner_tensorrt_without_tensorrt(package):
     msg = str(info.value)
     assert "TensorRT is not installed" in msg and "--backend onnxruntime" in msg
     assert "\n" not in msg and msg.count(". ") == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_cpu_runner_slices_batches_without_changing_numbers(package, chunk):
+    """The CPU EP runs the graph on slices of ``cpu_chunk`` images; rows and numbers are unchanged."""
+    from dga.runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from dga.runtime.package import DeployPackage
+
+    pkg = DeployPackage.load(package)
+    runner = OnnxRuntimeRunner(pkg, "fp32", providers=["CPUExecutionProvider"], cpu_chunk=chunk)
+    assert runner.chunk == chunk
+    rng = np.random.default_rng(4)
+    x = np.stack([np.asarray(_picture(rng, pkg.s0, pkg.s0)) for _ in range(10)])
+    logits, probs = runner.infer(x)
+    direct = runner.session.run(["logits", "probs"], {runner.input_name: x})
+    assert logits.shape == direct[0].shape and probs.shape == direct[1].shape
+    np.testing.assert_allclose(logits, direct[0], atol=1e-5)
+    np.testing.assert_allclose(probs, direct[1], atol=1e-6)

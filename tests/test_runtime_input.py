@@ -518,3 +518,25 @@ def test_empty_level_names_mean_no_level_columns(tmp_path):
     with ResultWriter(tmp_path / "p.csv", topk=1, level_names=[]) as w:
         w.write("a.jpg", ["x"], [1.0], None)
     assert _csv_rows(tmp_path / "p.csv") == [["path", "label_1", "prob_1"], ["a.jpg", "x", "1.000000"]]
+
+
+def test_eval_image_resamples_the_crop_box_like_resize_then_crop():
+    """One resample of the crop's box == resize the shorter side, then centre-crop (to 1-2 levels)."""
+    from dga.runtime.preprocess import center_crop, resize_shorter_side
+
+    rng = np.random.default_rng(0)
+    differing = total = 0
+    for w, h, size in [(640, 480, 192), (300, 1200, 224), (1280, 320, 192), (193, 191, 192), (200, 200, 192),
+                       (97, 131, 64)]:
+        coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BILINEAR)  # smooth, like photos
+        got = eval_image(img, size).astype(int)
+        two_step = np.asarray(center_crop(resize_shorter_side(img, size), size), dtype=int)
+        assert got.shape == two_step.shape == (size, size, 3)
+        assert np.abs(got - two_step).max() <= 2, (w, h, size)
+        differing += int((got != two_step).sum())
+        total += got.size
+    assert differing / total < 0.05
+    # Already the right size on the shorter side: a plain crop, exactly.
+    img = Image.fromarray(rng.integers(0, 256, (192, 300, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(eval_image(img, 192), np.asarray(img)[:, 54:246])

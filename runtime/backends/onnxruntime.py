@@ -11,6 +11,11 @@ from dga.runtime.package import DeployPackage
 
 log = logging.getLogger("dga.runtime")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# On the CPU EP the graph is called on slices of at most this many images: the per-image
+# throughput of the fused graph is highest at 2-4 images per call (64 images/s on the 2-core VM,
+# bench/results) and falls to 50-56 at 16-64, where a 6-view stack's activations outgrow the
+# caches. GPUs want the opposite (one large call), so GPU providers never slice.
+CPU_CHUNK = 4
 
 
 def provider_chain(available: list[str], precision: str, device: int) -> list:
@@ -31,7 +36,7 @@ def optimisation_level(precision: str, on_gpu: bool) -> str:
 
 class OnnxRuntimeRunner:
     def __init__(self, package: DeployPackage, precision: str = "fp32", device: int = 0,
-                 threads: int | None = None, providers: list | None = None):
+                 threads: int | None = None, providers: list | None = None, cpu_chunk: int = CPU_CHUNK):
         import onnxruntime as ort
 
         self.package, self.precision = package, precision
@@ -45,6 +50,10 @@ class OnnxRuntimeRunner:
         }[optimisation_level(precision, on_gpu)]
         if threads:
             opts.intra_op_num_threads = threads
+        if not on_gpu:
+            # Idle ORT threads busy-wait by default; on a CPU shared with decode workers that spinning
+            # takes the cores the next batch's decode needs (end-to-end 86 % -> 98 % of model-only here).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=chain)
         except Exception as exc:  # a GPU provider whose libraries are missing: fall back to the CPU
@@ -57,13 +66,18 @@ class OnnxRuntimeRunner:
         self.device = device
         self.max_batch = package.max_batch
         self.use_binding = self.provider in GPU_PROVIDERS
+        self.chunk = None if self.use_binding else max(1, int(cpu_chunk))
         self.input_name = package.input_name
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if not self.use_binding:
-            logits, probs = self.session.run(["logits", "probs"], {self.input_name: images})
-            return logits, probs
+            if len(images) <= self.chunk:
+                logits, probs = self.session.run(["logits", "probs"], {self.input_name: images})
+                return logits, probs
+            parts = [self.session.run(["logits", "probs"], {self.input_name: images[i:i + self.chunk]})
+                     for i in range(0, len(images), self.chunk)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         import onnxruntime as ort
 
         # IO binding: the uint8 batch is copied to the GPU once; outputs stay there until fetched.

@@ -1,0 +1,54 @@
+"""An export-friendly drop-in for the encoder's nn.MultiheadAttention (same weights, same numbers).
+
+torch traces nn.MultiheadAttention through its sequence-first functional form, so the graph
+transposes every [N, L, E] activation to [L, N, E] and back and splits q, k, v with a 5-D
+transpose; on ONNX Runtime's CPU EP those copies cost ~10 % of the run. This module keeps the
+batch-first layout end to end: one in-projection, one head permute, softmax(q k^T / sqrt(d)) v,
+one out-projection, a pattern TensorRT and ONNX Runtime both recognise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ExportAttention(nn.Module):
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        if not mha._qkv_same_embed_dim or mha.in_proj_bias is None or mha.bias_k is not None:
+            raise ValueError("ExportAttention covers self-attention with a packed, biased in-projection only")
+        self.heads, self.batch_first = mha.num_heads, mha.batch_first
+        e = mha.embed_dim
+        self.in_proj = nn.Linear(e, 3 * e).to(mha.in_proj_weight.dtype)
+        self.in_proj.weight.data.copy_(mha.in_proj_weight.data)
+        self.in_proj.bias.data.copy_(mha.in_proj_bias.data)
+        self.out_proj = mha.out_proj
+
+    def forward(self, query: torch.Tensor, key=None, value=None, need_weights: bool = False,
+                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        # Self-attention only (the image tower): key and value are the query, as open_clip passes them.
+        x = query if self.batch_first else query.transpose(0, 1)
+        n, length, e = x.shape
+        d = e // self.heads
+        q, k, v = self.in_proj(x).reshape(n, length, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = (q * d**-0.5) @ k.transpose(-1, -2)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # nn.MultiheadAttention: True = masked
+            scores = scores.masked_fill(attn_mask, float("-inf"))
+        elif attn_mask is not None:  # a float mask is added
+            scores = scores + attn_mask
+        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(n, length, e)
+        out = self.out_proj(out)
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def export_friendly(module: nn.Module) -> int:
+    """Replace every self-attention nn.MultiheadAttention under module in place; returns how many."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.MultiheadAttention):
+            setattr(module, name, ExportAttention(child))
+            count += 1
+        else:
+            count += export_friendly(child)
+    return count

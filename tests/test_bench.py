@@ -1,0 +1,73 @@
+"""dga-bench's logic on the tiny backbone: the reference loop, the table, FLOPs, files (no timing claims)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_random_bundle
+
+
+@pytest.fixture(scope="module")
+def dga_bundle(backbone, shapes_data, tmp_path_factory):
+    return make_random_bundle(backbone, shapes_data, "dga", tmp_path_factory.mktemp("b") / "m.dga", 11)
+
+
+def test_reference_loop_gives_the_fused_numbers(dga_bundle):
+    """The papers' per-view loop and the deployed module compute the same logits."""
+    from dga.bench.reference import PerViewLoop
+    from dga.export.deploy_module import DeployModule
+    from dga.train.bundle import load_bundle
+    from dga.train.synthetic import sample_images
+
+    model = load_bundle(dga_bundle).model.eval()
+    x = torch.from_numpy(sample_images(4, 192, seed=5))
+    with torch.no_grad():
+        torch.testing.assert_close(PerViewLoop(model)(x), DeployModule(model)(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_flops_by_hand(dga_bundle):
+    """ViT-p32, width 64, 2 layers, 224 px: the matmul FLOPs written out from the architecture."""
+    from dga.bench.run import encoder_flops
+    from dga.train.bundle import load_bundle
+
+    model = load_bundle(dga_bundle).model.eval()
+    w, layers, patch, tokens, embed = 64, 2, 32, 7 * 7 + 1, 64
+    patch_embed = 2 * 49 * (3 * patch * patch) * w
+    per_layer = 2 * tokens * w * 3 * w + 2 * 2 * tokens * tokens * w + 2 * tokens * w * w + 2 * 2 * tokens * w * 4 * w
+    assert encoder_flops(model, torch.device("cpu")) == patch_embed + layers * per_layer + 2 * w * embed
+
+
+def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
+    from dga.bench.run import BenchOptions, markdown, run_bench, write_results
+
+    opts = BenchOptions(batch_sizes=[1, 3], repeat=1, min_time_s=0.0, rounds=2, e2e_images=6, e2e_batch=3,
+                        e2e_rounds=1, workers=1)
+    result = run_bench(dga_bundle, opts, log=lambda line: None)
+    kinds = [(r["kind"], r["batch"]) for r in result["rows"]]
+    for b in (1, 3):  # on the CPU: the eager loop, fused torch, and the ONNX graph, at each batch size
+        assert ("eager per-view loop (papers)", b) in kinds
+        assert ("fused, one encoder pass", b) in kinds
+        assert ("fused ONNX graph", b) in kinds
+    for row in result["rows"]:
+        assert len(row["rounds_images_per_s"]) == 2
+        assert row["images_per_s"] == pytest.approx(row["batch"] / (row["latency_ms"] / 1000))
+        lo, hi = min(row["rounds_images_per_s"]), max(row["rounds_images_per_s"])
+        assert lo <= row["images_per_s"] <= hi  # the median of the rounds
+    e2e = result["end_to_end"]
+    assert e2e["images"] == 6 and e2e["ratio"] == pytest.approx(e2e["end_to_end_images_per_s"]
+                                                                 / e2e["model_only_images_per_s"])
+    lim = result["limit"]
+    assert lim["views"] == result["views"] == 6
+    assert lim["limit_images_per_s"] == pytest.approx(lim["peak_matmul_flops_per_s"]
+                                                      / (lim["encoder_flops_per_view"] * 6))
+    assert result["machine"]["cpu_count"] >= 1 and "onnxruntime" in result["machine"]
+    table = markdown(result)
+    assert table.count("| fused ONNX graph |") == 2 and "End-to-end over 6 JPEGs" in table
+    js, md = write_results(result, tmp_path / "out", "run")
+    assert json.loads(js.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    assert md.read_text() == table
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run.json", "run.md"]
+    assert np.isfinite([r["images_per_s"] for r in result["rows"]]).all()
