@@ -5,12 +5,13 @@ A short schedule (8 shots, 2 epochs, seed 1) of every method on scene-fills-24, 
 accuracy on the same 240 test images (one image = 0.42 points); and the exported graph of a trained
 bundle must score exactly the torch module's accuracy.
 
-Stated margins over zero-shot (measured here: AR +4.2, AttrVR +6.7, DVP-cls +0.8, DGA +2.1). Two
-methods do NOT beat zero-shot on this benchmark, in the short or the full schedule (README table),
-and the test pins what they do instead so a regression still shows: VP's 30-px watermark stays
-within 2 points of zero-shot (it neither helps nor hurts), and DVP-cse stays far above chance
-but well below zero-shot (its PRM picks descriptions by raw cosine, and each cause file here
-identifies only part of a class; see the README).
+Stated margins over zero-shot (measured here: AR +4.2, AttrVR +6.7, DVP-cls +0.8, DGA +2.1, DVP-cse
++2.5). DVP-cse runs 16 shots for 4 epochs: its first epoch only collects the PRM's counts
+(METHODS.md 4), and with 8 shots x 2 or even 6 epochs it stays at zero-shot (82.9 both). VP does
+NOT beat zero-shot on this benchmark, in the short or the full schedule (README table: 82.7 vs
+82.7; learning rates 1-40, no crops, 20 epochs all land within 1 point), so the test pins what it
+does instead, so a regression still shows: VP's 30-px watermark stays within 2 points of
+zero-shot (it neither helps nor hurts).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from dga.bench.methods import CompareConfig, run_compare
 
-MARGINS = {"AR": 2.0, "AttrVR": 3.0, "DVP-cls": 0.4, "DGA": 1.0}  # points of test accuracy over zero-shot
+MARGINS = {"AR": 2.0, "AttrVR": 3.0, "DVP-cls": 0.4, "DGA": 1.0, "DVP-cse": 1.0}  # points over zero-shot
 METHOD_ROWS = ("VP", "AR", "AttrVR", "DVP-cse", "DVP-cls", "DGA")
 
 
@@ -36,22 +37,34 @@ def compared(tmp_path_factory):
     return cfg, run_compare(cfg, log=lambda s: None)
 
 
+@pytest.fixture(scope="module")
+def compared_dvp_cse(tmp_path_factory):
+    """DVP-cse at 16 shots x 4 epochs; the same 240 test images (a split's images depend only on the seed)."""
+    from dga.train.scenebench import make_benchmark
+
+    root = tmp_path_factory.mktemp("bench-cse")
+    make_benchmark(root / "data", per_split={"train": 16, "val": 4, "test": 10}, seed=5)
+    cfg = CompareConfig(data=root / "data", out=root / "out", seeds=(1,), shots=16, epochs=4,
+                        rows=("zero-shot", "DVP-cse"))
+    return cfg, run_compare(cfg, log=lambda s: None)
+
+
 def _accuracies(results, row):
     return results["runs"][f"{row}|1"]["test_acc"], results["runs"]["zero-shot|1"]["test_acc"]
 
 
 @pytest.mark.parametrize("row", sorted(MARGINS))
-def test_method_beats_zero_shot(compared, row):
-    acc, zs = _accuracies(compared[1], row)
+def test_method_beats_zero_shot(compared, compared_dvp_cse, row):
+    acc, zs = _accuracies((compared_dvp_cse if row == "DVP-cse" else compared)[1], row)
+    if row == "DVP-cse":
+        assert zs == _accuracies(compared[1], "zero-shot")[1]  # the very same test images
     assert 50.0 < zs < 95.0  # the zero-shot model is real, not chance, and leaves room
     assert acc >= zs + MARGINS[row], f"{row}: {acc:.1f}% vs zero-shot {zs:.1f}%"
 
 
-def test_vp_stays_at_zero_shot_and_dvp_cse_above_chance(compared):
+def test_vp_stays_at_zero_shot(compared):
     vp, zs = _accuracies(compared[1], "VP")
     assert abs(vp - zs) <= 2.0, (vp, zs)
-    cse, _ = _accuracies(compared[1], "DVP-cse")
-    assert cse >= 40.0, cse  # chance is 4.2 %; a broken PRM or cause routing falls far below this
 
 
 def test_table_and_resume(compared):

@@ -72,13 +72,19 @@ def test_description_files_cover_every_role_and_keep_causes_apart(tmp_path):
     fills = {"solid", "striped", "dotted", "outlined"}
     for cls in names:
         colour, fill = cls.split("_")
-        shape_words = " ".join(data["cause0"][cls])
+        subject = f"{colour} {fill} shape"  # class names use the fill word: red_outlined
+        # Every cause sentence names its class (as LLM-written cause descriptions do) ...
+        for role in ("cause0", "cause1", "cause2"):
+            assert all(subject in sentence for sentence in data[role][cls]), (role, cls)
+        # ... and, once the class name is taken out, speaks of its own cause only.
+        shape_words = " ".join(data["cause0"][cls]).replace(subject, "")
         assert not any(c in shape_words for c in colours) and not any(f in shape_words for f in fills)
         mentioned = {s for s in SHAPES if s in shape_words}
         assert mentioned == set(scenebench.PALETTES[colour]), (cls, mentioned)  # the group's usual shapes only
-        colour_words = " ".join(data["cause1"][cls])
+        colour_words = " ".join(data["cause1"][cls]).replace(subject, "")
         assert colour in colour_words and not any(f in colour_words for f in fills - {"solid"})
         assert not any(s in colour_words for s in SHAPES)
-        texture_words = " ".join(data["cause2"][cls])
-        assert fill in texture_words and not any(c in texture_words.split() for c in colours)
+        texture_words = " ".join(data["cause2"][cls]).replace(subject, "")
+        assert fill in texture_words
+        assert not any(c in texture_words.split() for c in colours)
         assert not any(s in texture_words for s in SHAPES)
