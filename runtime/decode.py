@@ -1,7 +1,7 @@
 """Decode one image file (or bytes) into the model's input, or say in one word why not.
 
 ``decode_image(path, size)`` returns uint8 ``[size, size, 3]`` RGB: ``preprocess.to_rgb`` (EXIF
-orientation, any mode to RGB) then ``preprocess.eval_image`` (shorter side to ``size``, centre
+orientation, any mode to RGB) then ``preprocess.resize_crop`` (shorter side to ``size``, centre
 crop), i.e. exactly the training eval transform. Anything that goes wrong raises ``DecodeError``
 with a stable ``reason`` code (``REASONS``) and a one-sentence message; the runtime writes both to
 ``errors.jsonl`` and goes on with the next file.
@@ -51,7 +51,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from dga.errors import DgaError
 from dga.runtime.listing import SNIFF_BYTES, sniff_bytes
-from dga.runtime.preprocess import eval_image, to_rgb
+from dga.runtime.preprocess import resize_crop, to_rgb
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default MAX_IMAGE_PIXELS (about 0.25 GiB of RGBA)
 
@@ -270,14 +270,14 @@ def _decode_checked(fp: IO[bytes], size: int, draft: bool, limit: int, what: str
     except Exception as exc:
         raise _classify_load_error(exc, what) from exc
     try:
-        rgb = to_rgb(img)
+        rgb = to_rgb(img, in_place=True)  # our own image: no copy
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise DecodeError(
             "unsupported", f"{what} has pixel mode {img.mode!r}, which cannot be converted to RGB ({exc})."
         ) from exc
     except Exception as exc:  # e.g. damaged EXIF
         raise _classify_load_error(exc, what) from exc
-    out = eval_image(rgb, size)
+    out = resize_crop(rgb, size)
     if out.shape != (size, size, 3) or out.dtype != np.uint8:  # pragma: no cover - defensive
         raise DecodeError("unsupported", f"{what} decoded to an unexpected shape {out.shape}.")
     return out

@@ -17,9 +17,15 @@ import numpy as np
 from PIL import Image, ImageOps
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Apply EXIF orientation and convert any mode (L, P, CMYK, RGBA, I;16, ...) to RGB."""
-    img = ImageOps.exif_transpose(img)
+def to_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
+    """Apply EXIF orientation and convert any mode (L, P, CMYK, RGBA, I;16, ...) to RGB.
+
+    ``in_place=True`` (the decoder's own images) rotates ``img`` itself instead of a copy.
+    """
+    if in_place:
+        ImageOps.exif_transpose(img, in_place=True)
+    else:
+        img = ImageOps.exif_transpose(img)
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -59,12 +65,16 @@ def crop_box(w: int, h: int, size: int) -> tuple[int, int]:
 
 def eval_image(img: Image.Image, size: int) -> np.ndarray:
     """PIL image of any mode -> uint8 array [size, size, 3] (RGB): the crop's box resampled once."""
-    img = to_rgb(img)
-    w, h = img.size
+    return resize_crop(to_rgb(img), size)
+
+
+def resize_crop(rgb: Image.Image, size: int) -> np.ndarray:
+    """eval_image for an image already through ``to_rgb`` (the decoder's path: no second EXIF pass)."""
+    w, h = rgb.size
     new_w, new_h = shorter_side_size(w, h, size)
     left, top = crop_box(new_w, new_h, size)
     if (new_w, new_h) == (w, h):
-        return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        return np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
     sx, sy = w / new_w, h / new_h
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
