@@ -9,6 +9,7 @@ again with the same settings; ``results.md`` is the table.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import statistics
@@ -126,13 +127,28 @@ def bundle_test_accuracy(bundle: Path, data: Path, device: str) -> dict:
     return {"test_acc": rep["accuracy"], "levels": rep.get("hierarchy", [])}
 
 
+def row_files(data: Path, row: Row) -> dict[str, Path]:
+    """The description files a row reads: each method the roles it uses; only DVP-cse the causes."""
+    if row.method is None:
+        return {}
+    return {r: p for r, p in description_files(data).items()
+            if r in ("default", "des", "dist") or (row.method == "dvp-cse" and r.startswith("cause"))}
+
+
+def inputs_digest(data: Path, row: Row) -> str:
+    """sha256 over the row's description files (role, name, bytes): a stored run is stale when it changes."""
+    h = hashlib.sha256()
+    for role, path in sorted(row_files(data, row).items()):
+        h.update(f"{role}\0{path.name}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def train_row(cfg: CompareConfig, row: Row, seed: int, template: str, bundle: Path) -> dict:
     from dga.train.config import MethodConfig, TrainConfig
     from dga.train.run import TrainJob, run_training
 
-    # each method gets the roles it reads; only DVP-cse takes the cause files (K = their count)
-    files = {r: p for r, p in description_files(Path(cfg.data)).items()
-             if r in ("default", "des", "dist") or (row.method == "dvp-cse" and r.startswith("cause"))}
+    files = row_files(Path(cfg.data), row)  # K of DVP-cse = the number of cause files
     method_cfg = MethodConfig(template=template, **row.overrides)
     job = TrainJob(data=Path(cfg.data), out=bundle, method=row.method, backbone=cfg.backbone,
                    pretrained=cfg.pretrained, shots=cfg.shots, descriptions=files,
@@ -171,8 +187,11 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> dict:
     for seed in cfg.seeds:
         for row in rows:
             key = f"{row.name}|{seed}"
+            digest = inputs_digest(data, row)
+            if key in runs and runs[key].get("inputs_sha256", digest) == digest:
+                continue  # (runs stored before digests were recorded carry none and are kept)
             if key in runs:
-                continue
+                log(f"{row.name:12s} seed {seed}: its description files changed since it ran; training it again")
             t = time.time()
             if row.method is None:
                 zs = next((v for k, v in runs.items() if k.startswith("zero-shot|")), None)
@@ -180,9 +199,12 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> dict:
             else:
                 runs[key] = train_row(cfg, row, seed, template, out / "bundles" / f"{_slug(row.name)}-s{seed}.dga")
             runs[key]["wall_s"] = round(time.time() - t, 1)
+            runs[key]["inputs_sha256"] = digest
             log(f"{row.name:12s} seed {seed}: test accuracy {runs[key]['test_acc']:.2f}% ({runs[key]['wall_s']}s)")
             atomic_write(res_path, json.dumps(results, indent=1))
-    table = markdown_table(results, [r.name for r in rows], cfg.seeds)
+    # The table shows every row stored, not only the ones this call ran (--rows picks what to train).
+    stored = {k.split("|")[0] for k in runs}
+    table = markdown_table(results, [r.name for r in ROWS if r.name in stored], cfg.seeds)
     atomic_write(out / "results.md", table)
     return results
 
