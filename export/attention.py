@@ -13,10 +13,14 @@ import torch
 from torch import nn
 
 
+def supported(mha: nn.MultiheadAttention) -> bool:
+    return mha._qkv_same_embed_dim and mha.in_proj_bias is not None and mha.bias_k is None and not mha.add_zero_attn
+
+
 class ExportAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention):
         super().__init__()
-        if not mha._qkv_same_embed_dim or mha.in_proj_bias is None or mha.bias_k is not None:
+        if not supported(mha):
             raise ValueError("ExportAttention covers self-attention with a packed, biased in-projection only")
         self.heads, self.batch_first = mha.num_heads, mha.batch_first
         e = mha.embed_dim
@@ -43,10 +47,10 @@ class ExportAttention(nn.Module):
 
 
 def export_friendly(module: nn.Module) -> int:
-    """Replace every self-attention nn.MultiheadAttention under module in place; returns how many."""
+    """Replace every supported nn.MultiheadAttention under module in place (others stay); returns how many."""
     count = 0
     for name, child in module.named_children():
-        if isinstance(child, nn.MultiheadAttention):
+        if isinstance(child, nn.MultiheadAttention) and supported(child):
             setattr(module, name, ExportAttention(child))
             count += 1
         else:

@@ -118,5 +118,6 @@ def test_export_attention_equals_multihead_attention(batch_first, mask):
         got, weights = ExportAttention(mha)(x, x, x, need_weights=False, attn_mask=attn_mask)
     assert weights is None
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    holder = nn.Sequential(nn.Sequential(mha))
+    holder = nn.Sequential(nn.Sequential(mha), nn.MultiheadAttention(16, 4, bias=False))
     assert export_friendly(holder) == 1 and isinstance(holder[0][0], ExportAttention)
+    assert isinstance(holder[1], nn.MultiheadAttention)  # unsupported forms stay as they are
