@@ -184,10 +184,11 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> dict:
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "torch": torch.__version__, "threads": torch.get_num_threads()}
     runs = results["runs"]
+    digests = {row.name: inputs_digest(data, row) for row in rows}
     for seed in cfg.seeds:
         for row in rows:
             key = f"{row.name}|{seed}"
-            digest = inputs_digest(data, row)
+            digest = digests[row.name]
             if key in runs and runs[key].get("inputs_sha256", digest) == digest:
                 continue  # (runs stored before digests were recorded carry none and are kept)
             if key in runs:

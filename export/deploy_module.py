@@ -121,16 +121,18 @@ class DeployModule(nn.Module):
         w, (lo, hi) = self.patch_weight, self.token_padding
         p = w.shape[-1]
         views = views.to(w.dtype)
+        token_pad = None
         if lo % p == 0 and hi % p == 0 and views.shape[-1] % p == 0:  # whole patches: pad the token grid
+            token_pad = (lo // p, hi // p, lo // p, hi // p)
             grid = F.conv2d(views, w, stride=p)  # one convolution over all views
-            grid = F.pad(grid.reshape(batch, self.num_views, *grid.shape[1:]), (lo // p, hi // p, lo // p, hi // p))
-            return (grid + self.token_biases).reshape(-1, *grid.shape[2:])
-        if lo != hi:
-            views = F.pad(views, (lo, hi, lo, hi))
-            lo = 0
-        grid = F.conv2d(views, w, stride=p, padding=lo)  # the convolution pads with zeros itself
-        grid = grid.reshape(batch, self.num_views, *grid.shape[1:]) + self.token_biases
-        return grid.reshape(-1, *grid.shape[2:])
+        elif lo == hi:
+            grid = F.conv2d(views, w, stride=p, padding=lo)  # the convolution pads with zeros itself
+        else:  # odd S0: asymmetric padding
+            grid = F.conv2d(F.pad(views, (lo, hi, lo, hi)), w, stride=p)
+        grid = grid.reshape(batch, self.num_views, *grid.shape[1:])
+        if token_pad is not None:
+            grid = F.pad(grid, token_pad)
+        return (grid + self.token_biases).reshape(-1, *grid.shape[2:])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.encoder(self.encoder_input(images)).float()

@@ -51,7 +51,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from dga.errors import DgaError
 from dga.runtime.listing import SNIFF_BYTES, sniff_bytes
-from dga.runtime.preprocess import resize_crop, to_rgb
+from dga.runtime.preprocess import resize_crop, shorter_side_size, to_rgb
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's default MAX_IMAGE_PIXELS (about 0.25 GiB of RGBA)
 
@@ -139,9 +139,7 @@ def draft_request(width: int, height: int, size: int) -> tuple[int, int]:
     PIL's JPEG draft picks scale ``s`` in 8/4/2/1 with ``s <= min(w // req_w, h // req_h)``, so the
     decoded shorter side stays >= ``size`` and the bicubic resize afterwards only down-samples.
     """
-    if width <= height:
-        return size, max(size, int(size * height / width))
-    return max(size, int(size * width / height)), size
+    return shorter_side_size(width, height, size)
 
 
 # --- decoding -----------------------------------------------------------------------------------

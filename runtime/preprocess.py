@@ -42,17 +42,6 @@ def to_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
-    """The whole image with its shorter side resized to ``size`` (the two-step reference)."""
-    new = shorter_side_size(*img.size, size)
-    return img if new == img.size else img.resize(new, Image.Resampling.BICUBIC)
-
-
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    left, top = crop_box(*img.size, size)
-    return img.crop((left, top, left + size, top + size))
-
-
 def shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
     """(w, h) after resizing the shorter side to ``size`` (torchvision's rounding)."""
     return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)

@@ -522,7 +522,15 @@ def test_empty_level_names_mean_no_level_columns(tmp_path):
 
 def test_eval_image_resamples_the_crop_box_like_resize_then_crop():
     """One resample of the crop's box == resize the shorter side, then centre-crop (to 1-2 levels)."""
-    from dga.runtime.preprocess import center_crop, resize_shorter_side
+    from dga.runtime.preprocess import crop_box, shorter_side_size
+
+    def resize_shorter_side(img, size):  # the two-step reference: the whole image resized ...
+        new = shorter_side_size(*img.size, size)
+        return img if new == img.size else img.resize(new, Image.Resampling.BICUBIC)
+
+    def center_crop(img, size):  # ... then the sides thrown away
+        left, top = crop_box(*img.size, size)
+        return img.crop((left, top, left + size, top + size))
 
     rng = np.random.default_rng(0)
     differing = total = 0

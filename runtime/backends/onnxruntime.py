@@ -72,11 +72,8 @@ class OnnxRuntimeRunner:
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if not self.use_binding:
-            if len(images) <= self.chunk:
-                logits, probs = self.session.run(["logits", "probs"], {self.input_name: images})
-                return logits, probs
             parts = [self.session.run(["logits", "probs"], {self.input_name: images[i:i + self.chunk]})
-                     for i in range(0, len(images), self.chunk)]
+                     for i in range(0, max(len(images), 1), self.chunk)]  # an empty batch: one empty call
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         import onnxruntime as ort
 
