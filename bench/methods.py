@@ -135,9 +135,20 @@ def row_files(data: Path, row: Row) -> dict[str, Path]:
             if r in ("default", "des", "dist") or (row.method == "dvp-cse" and r.startswith("cause"))}
 
 
-def inputs_digest(data: Path, row: Row) -> str:
-    """sha256 over the row's description files (role, name, bytes): a stored run is stale when it changes."""
+def images_digest(data: Path) -> str:
+    """sha256 over every file of the train/val/test splits (relative path, bytes): the images themselves."""
     h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for path in sorted(p for p in (data / split).rglob("*") if p.is_file()):
+            h.update(f"{path.relative_to(data).as_posix()}\0".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def inputs_digest(data: Path, row: Row, images: str = "") -> str:
+    """sha256 over the images' digest and the row's description files (role, name, bytes): a stored run
+    is stale when either changes (a regenerated benchmark, an edited description file)."""
+    h = hashlib.sha256(images.encode())
     for role, path in sorted(row_files(data, row).items()):
         h.update(f"{role}\0{path.name}\0".encode())
         h.update(path.read_bytes())
@@ -184,7 +195,8 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> dict:
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "torch": torch.__version__, "threads": torch.get_num_threads()}
     runs = results["runs"]
-    digests = {row.name: inputs_digest(data, row) for row in rows}
+    images = images_digest(data)
+    digests = {row.name: inputs_digest(data, row, images) for row in rows}
     for seed in cfg.seeds:
         for row in rows:
             key = f"{row.name}|{seed}"
@@ -192,10 +204,12 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = print) -> dict:
             if key in runs and runs[key].get("inputs_sha256", digest) == digest:
                 continue  # (runs stored before digests were recorded carry none and are kept)
             if key in runs:
-                log(f"{row.name:12s} seed {seed}: its description files changed since it ran; training it again")
+                log(f"{row.name:12s} seed {seed}: its images or description files changed since it ran; "
+                    "running it again")
             t = time.time()
             if row.method is None:
-                zs = next((v for k, v in runs.items() if k.startswith("zero-shot|")), None)
+                zs = next((v for k, v in runs.items() if k.startswith("zero-shot|")
+                           and v.get("inputs_sha256") == digest), None)
                 runs[key] = dict(zs) if zs else {"test_acc": zero_shot_accuracy(cfg, template)}
             else:
                 runs[key] = train_row(cfg, row, seed, template, out / "bundles" / f"{_slug(row.name)}-s{seed}.dga")

@@ -5,13 +5,10 @@ A short schedule (8 shots, 2 epochs, seed 1) of every method on scene-fills-24, 
 accuracy on the same 240 test images (one image = 0.42 points); and the exported graph of a trained
 bundle must score exactly the torch module's accuracy.
 
-Stated margins over zero-shot (measured here: AR +4.2, AttrVR +6.7, DVP-cls +0.8, DGA +2.1, DVP-cse
-+2.5). DVP-cse runs 16 shots for 4 epochs: its first epoch only collects the PRM's counts
-(METHODS.md 4), and with 8 shots x 2 or even 6 epochs it stays at zero-shot (82.9 both). VP does
-NOT beat zero-shot on this benchmark, in the short or the full schedule (README table: 82.7 vs
-82.7; learning rates 1-40, no crops, 20 epochs all land within 1 point), so the test pins what it
-does instead, so a regression still shows: VP's 30-px watermark stays within 2 points of
-zero-shot (it neither helps nor hurts).
+Stated margins over zero-shot are about half of what was measured here (zero-shot 65.8 %): AR +8.3,
+AttrVR +12.5, DVP-cse +7.1, DVP-cls +8.3, DGA +13.8 at 8 shots x 2 epochs. VP runs 16 shots for
+4 epochs (+6.7; 8 x 6 gave +7.1): at 8 shots x 2 epochs, 12 SGD steps, its unbounded watermark has
+not yet moved off zero-shot (65.0).
 """
 
 from __future__ import annotations
@@ -22,8 +19,8 @@ import pytest
 
 from dga.bench.methods import CompareConfig, run_compare
 
-MARGINS = {"AR": 2.0, "AttrVR": 3.0, "DVP-cls": 0.4, "DGA": 1.0, "DVP-cse": 1.0}  # points over zero-shot
-METHOD_ROWS = ("VP", "AR", "AttrVR", "DVP-cse", "DVP-cls", "DGA")
+MARGINS = {"VP": 3.0, "AR": 4.0, "AttrVR": 6.0, "DVP-cse": 3.5, "DVP-cls": 4.0, "DGA": 7.0}  # points over zero-shot
+SHORT_ROWS = ("AR", "AttrVR", "DVP-cse", "DVP-cls", "DGA")  # 8 shots x 2 epochs; VP: 16 x 4
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +30,19 @@ def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     make_benchmark(root / "data", per_split={"train": 8, "val": 4, "test": 10}, seed=5)
     cfg = CompareConfig(data=root / "data", out=root / "out", seeds=(1,), shots=8, epochs=2,
-                        rows=("zero-shot", *METHOD_ROWS))
+                        rows=("zero-shot", *SHORT_ROWS))
     return cfg, run_compare(cfg, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
-def compared_dvp_cse(tmp_path_factory):
-    """DVP-cse at 16 shots x 4 epochs; the same 240 test images (a split's images depend only on the seed)."""
+def compared_vp(tmp_path_factory):
+    """VP at 16 shots x 4 epochs; the same 240 test images (a split's images depend only on the seed)."""
     from dga.train.scenebench import make_benchmark
 
-    root = tmp_path_factory.mktemp("bench-cse")
+    root = tmp_path_factory.mktemp("bench-vp")
     make_benchmark(root / "data", per_split={"train": 16, "val": 4, "test": 10}, seed=5)
     cfg = CompareConfig(data=root / "data", out=root / "out", seeds=(1,), shots=16, epochs=4,
-                        rows=("zero-shot", "DVP-cse"))
+                        rows=("zero-shot", "VP"))
     return cfg, run_compare(cfg, log=lambda s: None)
 
 
@@ -54,23 +51,18 @@ def _accuracies(results, row):
 
 
 @pytest.mark.parametrize("row", sorted(MARGINS))
-def test_method_beats_zero_shot(compared, compared_dvp_cse, row):
-    acc, zs = _accuracies((compared_dvp_cse if row == "DVP-cse" else compared)[1], row)
-    if row == "DVP-cse":
+def test_method_beats_zero_shot(compared, compared_vp, row):
+    acc, zs = _accuracies((compared_vp if row == "VP" else compared)[1], row)
+    if row == "VP":
         assert zs == _accuracies(compared[1], "zero-shot")[1]  # the very same test images
     assert 50.0 < zs < 95.0  # the zero-shot model is real, not chance, and leaves room
     assert acc >= zs + MARGINS[row], f"{row}: {acc:.1f}% vs zero-shot {zs:.1f}%"
 
 
-def test_vp_stays_at_zero_shot(compared):
-    vp, zs = _accuracies(compared[1], "VP")
-    assert abs(vp - zs) <= 2.0, (vp, zs)
-
-
 def test_table_and_resume(compared):
     cfg, results = compared
     table = (cfg.out / "results.md").read_text()
-    for row in ("zero-shot", *METHOD_ROWS):
+    for row in ("zero-shot", *SHORT_ROWS):
         assert f"| {row} |" in table
     before = json.loads((cfg.out / "results.json").read_text())
     again = run_compare(cfg, log=lambda s: None)  # everything is there: nothing is retrained

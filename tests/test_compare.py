@@ -52,6 +52,15 @@ def test_resume_reruns_only_rows_whose_descriptions_changed(tmp_path, monkeypatc
     assert results["runs"]["zero-shot|1"]["test_acc"] == 75.0
     assert results["runs"]["DVP-cse|1"]["test_acc"] == 85.0  # the fifth training call
 
+    # A regenerated image (one byte is enough) makes every row stale, zero-shot included.
+    (data / "test" / "a").mkdir(parents=True)
+    (data / "test" / "a" / "0.png").write_bytes(b"x")
+    zs_calls = []
+    monkeypatch.setattr(methods, "zero_shot_accuracy", lambda cfg, template: zs_calls.append(1) or 70.0)
+    results = methods.run_compare(_cfg(data, out, ("zero-shot", "VP", "DVP-cse")), log=lambda s: None)
+    assert trained[5:] == ["VP|1", "DVP-cse|1"] and zs_calls == [1]
+    assert results["runs"]["zero-shot|1"]["test_acc"] == 70.0
+
 
 def test_table_keeps_rows_not_run_this_time(tmp_path, monkeypatch):
     data, trained = _setup(tmp_path, monkeypatch)

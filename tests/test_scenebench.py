@@ -43,8 +43,13 @@ def test_generation_is_deterministic_and_mixes_formats_and_sizes(tmp_path):
         tmp_path / "a/train/red_solid/0.jpg").read_bytes()
 
 
+def _inside_frame(arr: np.ndarray) -> np.ndarray:
+    m = int(np.ceil(scenebench.FRAME_WIDTH[1] * arr.shape[0])) + 1  # past the widest frame
+    return arr[m:-m, m:-m]
+
+
 def test_the_class_colour_is_what_the_object_is_painted(tmp_path):
-    """Solid objects: many pixels near the class colour, few near the other groups' colours."""
+    """Solid objects: inside the frame, many pixels near the class colour, few near the other groups' colours."""
     scenebench.make_benchmark(tmp_path, per_split={"train": 5}, descriptions=False)
     for colour in scenebench.PALETTES:
         near = {}
@@ -52,10 +57,50 @@ def test_the_class_colour_is_what_the_object_is_painted(tmp_path):
             ref = np.array(_COLOURS[other][0], dtype=np.float64)
             count = 0
             for p in (tmp_path / "train" / f"{colour}_solid").iterdir():
-                arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float64)
+                arr = _inside_frame(np.asarray(Image.open(p).convert("RGB"), dtype=np.float64))
                 count += int((np.abs(arr - ref).max(axis=-1) < 30).sum())
             near[other] = count
         assert max(near, key=near.get) == colour, (colour, near)
+
+
+def test_frame_geometry_by_hand():
+    """A 10 x 10 black image in a 3-px frame: 16 x 16, the inside untouched, the ring mat or one colour."""
+    rng = np.random.default_rng(0)
+    out = np.asarray(scenebench.framed(Image.new("RGB", (10, 10)), 3, rng), dtype=np.float64)
+    assert out.shape == (16, 16, 3)
+    assert (out[3:13, 3:13] == 0).all()
+    ring = np.concatenate([out[:3].reshape(-1, 3), out[-3:].reshape(-1, 3), out[3:13, :3].reshape(-1, 3),
+                           out[3:13, -3:].reshape(-1, 3)])
+    assert len(ring) == 16 * 16 - 100
+    mat = np.abs(ring - scenebench.FRAME_BASE).max(axis=1) < 15  # grain is N(0, 3)
+    painted = ring[~mat]
+    if len(painted):  # the pattern's pixels: one palette colour (+-18 tint, grain)
+        dists = {c: np.abs(painted - np.array(_COLOURS[c][0])).max(axis=1).max() for c in scenebench.PALETTES}
+        assert min(dists.values()) < 18 + 15, dists
+    for side in (112, 160):
+        widths = {scenebench.frame_width(side, np.random.default_rng(i)) for i in range(200)}
+        lo, hi = scenebench.FRAME_WIDTH
+        assert min(widths) >= round(lo * side) and max(widths) <= round(hi * side) and len(widths) > 3
+
+
+def test_every_image_is_framed_in_colours_drawn_apart_from_the_class(tmp_path):
+    """The outer ring of every image (narrower than the narrowest frame) is painted in a palette colour
+    that does not follow the class."""
+    scenebench.make_benchmark(tmp_path, per_split={"train": 10}, descriptions=False)
+    palette = {c: np.array(_COLOURS[c][0], dtype=np.float64) for c in scenebench.PALETTES}
+    ring_px = int(scenebench.FRAME_WIDTH[0] * scenebench.RENDER_SIZES[0])  # 6 px: inside every frame
+    for name, _, _ in scenebench.classes():
+        frame_colours = set()
+        for p in (tmp_path / "train" / name).iterdir():
+            arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float64)
+            ring = np.concatenate([arr[:ring_px].reshape(-1, 3), arr[-ring_px:].reshape(-1, 3),
+                                   arr[:, :ring_px].reshape(-1, 3), arr[:, -ring_px:].reshape(-1, 3)])
+            far = ring[np.argsort(np.abs(ring - scenebench.FRAME_BASE).max(axis=1))[-20:]]  # the pattern's core
+            dist = {c: np.abs(far - ref).max(axis=1).mean() for c, ref in palette.items()}
+            colour = min(dist, key=dist.get)
+            assert dist[colour] < 60, (p, dist)  # +-18 tint, grain and JPEG
+            frame_colours.add(colour)
+        assert len(frame_colours) >= 3, (name, frame_colours)  # 10 frames of one class: several colours
 
 
 def test_description_files_cover_every_role_and_keep_causes_apart(tmp_path):

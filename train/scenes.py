@@ -75,7 +75,7 @@ def _background(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
     return np.clip(np.broadcast_to(arr, (size, size, 3)), 0, 255).copy()
 
 
-def _fill_pattern(fill: str, size: int, rng: np.random.Generator) -> np.ndarray:
+def fill_pattern(fill: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """Boolean [size, size]: where the object's colour shows inside its silhouette."""
     yy, xx = np.mgrid[0:size, 0:size]
     if fill == "striped":
@@ -116,7 +116,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
             draw.rectangle(box, fill=255)
         else:
             draw.polygon(_shape_points(scene.shape, x0, y0, s - 1), fill=255)
-        inside = (np.asarray(mask_img) > 0) & _fill_pattern(scene.fill, size, rng)
+        inside = (np.asarray(mask_img) > 0) & fill_pattern(scene.fill, size, rng)
     rgb = np.array(_COLOURS[scene.colour][0], dtype=np.float64) + rng.integers(-18, 19, size=3)
     arr[inside] = rgb
     arr += rng.normal(0.0, 3.0, size=arr.shape)  # light grain
