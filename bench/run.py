@@ -3,13 +3,16 @@
 - reference: the papers' way, a PyTorch eager loop running the encoder once per view;
 - ours: the fused module (one encoder pass over B * V) in torch and the exported graph on every
   available backend, at each batch size;
-- end-to-end: the Predictor over a folder of generated JPEGs of mixed sizes vs model-only;
+- end-to-end: the Predictor over a folder of generated JPEGs of mixed sizes vs model-only, and
+  decode alone on one worker, which bounds what end-to-end can reach where decode and the model
+  share the same cores (``shared_core_ceiling``);
 - the physical limit: encoder FLOPs per view x views / measured peak matmul throughput.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ import torch
 from dga.bench.measure import machine, peak_rss_mb, time_call
 from dga.bench.reference import PerViewLoop
 from dga.fsutil import atomic_write
-from dga.runtime.pipeline import default_workers
+from dga.runtime.pipeline import decoded_batches, default_workers
 
 
 @dataclass
@@ -93,6 +96,16 @@ def mixed_jpeg_folder(root: Path, n: int, seed: int = 0) -> list[Path]:
         img.save(p, quality=90)
         paths.append(p)
     return paths
+
+
+def shared_core_ceiling(model_only_ips: float, decode_one_worker_ips: float, cores: int) -> float:
+    """Best end-to-end / model-only ratio when decode and model share ``cores`` fully busy cores.
+
+    Per image the model takes ``cores / model_only_ips`` core-seconds and decode
+    ``1 / decode_one_worker_ips``; with every core busy the best end-to-end rate is ``cores`` over
+    their sum. (Idle gaps in the model's own threads, which decode can fill, can lift a run above it.)
+    """
+    return 1.0 / (1.0 + model_only_ips / (cores * decode_one_worker_ips))
 
 
 def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None = None, log=print) -> dict:
@@ -172,8 +185,8 @@ def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None =
         predictor = Predictor(package, runners[precision], topk=5, batch_size=opts.e2e_batch, workers=opts.workers)
         list(predictor.iter_results(paths[: opts.e2e_batch]))  # warm up
         batch = images[:opts.e2e_batch]
-        e2e_runs, mo_runs, n = [], [], 0
-        for _ in range(opts.e2e_rounds):  # interleaved rounds: machine drift hits both figures alike
+        e2e_runs, mo_runs, dec_runs, n = [], [], [], 0
+        for _ in range(opts.e2e_rounds):  # interleaved rounds: machine drift hits all figures alike
             t = time.perf_counter()
             n = sum(1 for r in predictor.iter_results(paths) if r.ok)
             e2e_runs.append(n / (time.perf_counter() - t))
@@ -181,13 +194,20 @@ def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None =
             for _ in range(max(1, len(paths) // opts.e2e_batch)):
                 runners[precision].infer(batch)
             mo_runs.append(opts.e2e_batch * max(1, len(paths) // opts.e2e_batch) / (time.perf_counter() - t))
-        e2e_ips, mo_ips = float(np.median(e2e_runs)), float(np.median(mo_runs))
+            t = time.perf_counter()
+            decoded = sum(len(b.images) for b in decoded_batches(paths, s0, opts.e2e_batch, workers=1))
+            dec_runs.append(decoded / (time.perf_counter() - t))
+        e2e_ips, mo_ips, dec_ips = (float(np.median(r)) for r in (e2e_runs, mo_runs, dec_runs))
+        cores = os.cpu_count() or 1
         e2e = {"images": n, "batch": opts.e2e_batch, "backend": runners[precision].name, "precision": precision,
                "end_to_end_images_per_s": e2e_ips, "model_only_images_per_s": mo_ips,
-               "ratio": e2e_ips / mo_ips, "rounds": {"end_to_end": e2e_runs, "model_only": mo_runs},
+               "ratio": e2e_ips / mo_ips, "decode_one_worker_images_per_s": dec_ips, "cores": cores,
+               "shared_core_ceiling": shared_core_ceiling(mo_ips, dec_ips, cores),
+               "rounds": {"end_to_end": e2e_runs, "model_only": mo_runs, "decode_one_worker": dec_runs},
                "decode_workers": predictor.workers or default_workers(), "jpeg_sides_px": [320, 1280]}
         log(f"  end-to-end over {n} JPEGs (median of {opts.e2e_rounds}): {e2e_ips:.1f} images/s vs model-only "
-            f"{mo_ips:.1f} ({100 * e2e['ratio']:.0f} %)")
+            f"{mo_ips:.1f} ({100 * e2e['ratio']:.0f} %); decode alone on 1 worker {dec_ips:.0f} images/s "
+            f"(ceiling with {cores} shared cores: {100 * e2e['shared_core_ceiling']:.0f} %)")
 
     flops = encoder_flops(model, device)
     peak = peak_matmul_flops(device, torch.float16 if device.type == "cuda" else torch.float32)
@@ -220,6 +240,10 @@ def markdown(result: dict) -> str:
         lines += ["", f"End-to-end over {e['images']} JPEGs (sides {lo}-{hi} px), "
                   f"{e['backend']} {e['precision']} batch {e['batch']}: {e['end_to_end_images_per_s']:.1f} images/s "
                   f"vs model-only {e['model_only_images_per_s']:.1f} images/s ({100 * e['ratio']:.0f} %)."]
+        if "decode_one_worker_images_per_s" in e:
+            lines += ["", f"Decode alone on one worker: {e['decode_one_worker_images_per_s']:.0f} images/s; "
+                      f"with decode and model sharing {e['cores']} fully busy cores, end-to-end can reach at most "
+                      f"{100 * e['shared_core_ceiling']:.0f} % of model-only (bench/run.py: shared_core_ceiling)."]
     lim = result["limit"]
     lines += ["", f"Physical limit: {lim['encoder_flops_per_view'] / 1e9:.3f} GFLOP per view x {lim['views']} views "
               f"at a measured {lim['peak_matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul peak = "

@@ -40,6 +40,16 @@ def test_encoder_flops_by_hand(dga_bundle):
     assert encoder_flops(model, torch.device("cpu")) == patch_embed + layers * per_layer + 2 * w * embed
 
 
+def test_shared_core_ceiling_by_hand():
+    """Model 48 images/s on 2 cores = 41.7 core-ms per image; decode 200/s on one core = 5 ms:
+    2 cores / 46.7 core-ms = 42.9 images/s = 89.3 % of 48."""
+    from dga.bench.run import shared_core_ceiling
+
+    assert shared_core_ceiling(48.0, 200.0, 2) == pytest.approx(1 / 1.12)
+    assert shared_core_ceiling(48.0, 200.0, 2) * 48.0 == pytest.approx(2 / (2 / 48 + 1 / 200))
+    assert shared_core_ceiling(100.0, 1e9, 8) == pytest.approx(1.0)  # free decode: no loss
+
+
 def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     from dga.bench.run import BenchOptions, markdown, run_bench, write_results
 
@@ -59,6 +69,8 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     e2e = result["end_to_end"]
     assert e2e["images"] == 6 and e2e["ratio"] == pytest.approx(e2e["end_to_end_images_per_s"]
                                                                  / e2e["model_only_images_per_s"])
+    assert len(e2e["rounds"]["decode_one_worker"]) == 1 and e2e["decode_one_worker_images_per_s"] > 0
+    assert 0 < e2e["shared_core_ceiling"] < 1
     lim = result["limit"]
     assert lim["views"] == result["views"] == 6
     assert lim["limit_images_per_s"] == pytest.approx(lim["peak_matmul_flops_per_s"]
@@ -66,6 +78,7 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     assert result["machine"]["cpu_count"] >= 1 and "onnxruntime" in result["machine"]
     table = markdown(result)
     assert table.count("| fused ONNX graph |") == 2 and "End-to-end over 6 JPEGs" in table
+    assert "Decode alone on one worker" in table
     js, md = write_results(result, tmp_path / "out", "run")
     assert json.loads(js.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert md.read_text() == table
