@@ -12,13 +12,13 @@ the six class colours (drawn independently of the class), round an object render
 a collection of scanned album photos. Pretraining shrank half of its images onto plain frames
 (grey, colour or noise) but never showed a patterned one, and the mat's colour and pattern are the
 very cues the classes are told apart by: a domain shift of the kind input-space reprogramming is
-for. (A plain colour frame barely moves zero-shot, 82.7 -> 80.8 %; the patterned mat takes it to
-about 67 %.) Without frames (the first version of this benchmark) VP's border watermark had nothing
-to fix: it stayed at zero-shot over every setting tried (82.7 vs 82.7), and even a per-class logit
-bias fitted on the test set itself reached only 82.8: zero-shot's errors there are perceptual
-(small dotted or striped objects read as outlined), not calibration.
-With frames on half of the images VP fell below zero-shot (75.8 vs 76.8, seeds 1 and 2), so the
-shift is on every image: one domain, not a mixture.
+for. (On a prototype, a plain single-colour frame barely moved zero-shot, 82.7 -> 80.8 %; the
+patterned mat takes it to 67.2 %.) Without frames (the first version of this benchmark) VP's
+border watermark had nothing to fix: it stayed at zero-shot over every setting tried (82.7 vs
+82.7), and even a per-class logit bias fitted on the test set itself reached only 82.8: zero-shot's
+errors there are perceptual (small dotted or striped objects read as outlined), not calibration.
+With frames on half of the images (prototype) VP fell below zero-shot (75.8 vs 76.8, seeds 1 and
+2), so the shift is on every image: one domain, not a mixture.
 
 It is a task the small CLIP was not pretrained on: its captions always named size and shape and
 never tied a shape to a colour; here class names leave both out, the shape is a (noisy) cue of the
@@ -103,10 +103,11 @@ def draw(colour: str, fill: str, rng: np.random.Generator):
 
 
 def frame_width(side: int, rng: np.random.Generator) -> int:
+    """The frame's width in pixels for an image of ``side`` px (a fraction in FRAME_WIDTH of it)."""
     return max(2, int(round(rng.uniform(*FRAME_WIDTH) * side)))
 
 
-def framed(inner, width: int, rng: np.random.Generator):
+def framed(inner: Image.Image, width: int, rng: np.random.Generator) -> Image.Image:
     """``inner`` (PIL RGB) inside a ``width``-px frame: a pattern in one of the class colours on a pale mat."""
     side = inner.size[0] + 2 * width
     colours = list(PALETTES)
