@@ -1,6 +1,6 @@
 """Regression on the embedded benchmark with the shipped small CLIP (issue 5 acceptance).
 
-A short schedule (8 shots, 2 epochs, seed 1) of every method on scene-fills-24, through the same
+A short schedule (8 shots x 2 epochs, VP 16 x 4; seed 1) of every method on scene-fills-24, through the same
 ``dga-compare`` machinery that produces the README table, compared with the backbone's zero-shot
 accuracy on the same 240 test images (one image = 0.42 points); and the exported graph of a trained
 bundle must score exactly the torch module's accuracy.

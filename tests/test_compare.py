@@ -28,7 +28,7 @@ def _cfg(data, out, rows):
     return methods.CompareConfig(data=data, out=out, seeds=(1,), rows=rows)
 
 
-def test_resume_reruns_only_rows_whose_descriptions_changed(tmp_path, monkeypatch):
+def test_resume_reruns_only_rows_whose_inputs_changed(tmp_path, monkeypatch):
     data, trained = _setup(tmp_path, monkeypatch)
     out = tmp_path / "out"
     methods.run_compare(_cfg(data, out, ("zero-shot", "VP", "DVP-cse")), log=lambda s: None)

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from dga.fsutil import atomic_write
-from dga.train.scenes import BACKGROUNDS, SHAPES, SIZES, Scene, fill_pattern, render
+from dga.train.scenes import BACKGROUNDS, SHAPES, SIZES, Scene, add_grain, fill_pattern, render, tinted
 from dga.train.synthetic import _COLOURS, _SHAPES, _stable_int
 
 NAME = "scene-fills-24"
@@ -110,11 +110,10 @@ def frame_width(side: int, rng: np.random.Generator) -> int:
 def framed(inner: Image.Image, width: int, rng: np.random.Generator) -> Image.Image:
     """``inner`` (PIL RGB) inside a ``width``-px frame: a pattern in one of the class colours on a pale mat."""
     side = inner.size[0] + 2 * width
-    colours = list(PALETTES)
-    rgb = np.array(_COLOURS[colours[rng.integers(len(colours))]][0], dtype=np.float64) + rng.integers(-18, 19, size=3)
+    rgb = tinted(list(PALETTES)[rng.integers(len(PALETTES))], rng)
     arr = np.full((side, side, 3), FRAME_BASE)
     arr[fill_pattern(FRAME_PATTERNS[rng.integers(len(FRAME_PATTERNS))], side, rng)] = rgb
-    arr += rng.normal(0.0, 3.0, size=arr.shape)  # the same light grain as the scene
+    add_grain(arr, rng)  # the same grain as the scene
     arr[width:side - width, width:side - width] = np.asarray(inner, dtype=np.float64)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
 

@@ -90,6 +90,16 @@ def fill_pattern(fill: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.ones((size, size), dtype=bool)
 
 
+def tinted(colour: str, rng: np.random.Generator) -> np.ndarray:
+    """The RGB of a named colour with a random tint of +-18 per channel (float64)."""
+    return np.array(_COLOURS[colour][0], dtype=np.float64) + rng.integers(-18, 19, size=3)
+
+
+def add_grain(arr: np.ndarray, rng: np.random.Generator) -> None:
+    """Light sensor grain, N(0, 3) per value, in place."""
+    arr += rng.normal(0.0, 3.0, size=arr.shape)
+
+
 def render(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
     """Draw a scene at ``size`` x ``size`` pixels (RGB)."""
     arr = _background(rng, scene.background, size)
@@ -117,9 +127,8 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
         else:
             draw.polygon(_shape_points(scene.shape, x0, y0, s - 1), fill=255)
         inside = (np.asarray(mask_img) > 0) & fill_pattern(scene.fill, size, rng)
-    rgb = np.array(_COLOURS[scene.colour][0], dtype=np.float64) + rng.integers(-18, 19, size=3)
-    arr[inside] = rgb
-    arr += rng.normal(0.0, 3.0, size=arr.shape)  # light grain
+    arr[inside] = tinted(scene.colour, rng)
+    add_grain(arr, rng)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
 
 
