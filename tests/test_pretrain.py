@@ -58,3 +58,64 @@ def test_shipped_weights_loss_curve_reproduces(tmp_path):
     assert len(replay["losses"]) == len(expected) == 2
     # same seed, same batches, same augmentations: equal up to float reduction order across CPUs
     assert replay["losses"] == pytest.approx(expected, rel=0.02), (replay["losses"], expected)
+
+
+def _plain_model_input(batch_u8, image_size, mean, std, flip, gen, zoom_p):
+    """The batched formulation the in-place pipeline restates (before it was made fast)."""
+    import torch.nn.functional as F
+
+    from dga.train.pretrain import zoom_out
+
+    x = batch_u8.permute(0, 3, 1, 2).float().div(255.0)
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    x = zoom_out(x, gen, zoom_p)  # out of place
+    return ((x - mean) / std).contiguous()
+
+
+def test_in_place_model_input_is_bit_identical_to_the_batched_formula():
+    from dga.train.pretrain import _to_model_input
+
+    g = torch.Generator().manual_seed(5)
+    batch = torch.randint(0, 256, (24, 64, 64, 3), dtype=torch.uint8, generator=g)
+    flip = torch.rand(24, generator=g) < 0.5
+    assert 0 < int(flip.sum()) < 24
+    mean = torch.tensor((0.48, 0.46, 0.41)).view(1, 3, 1, 1)
+    std = torch.tensor((0.27, 0.26, 0.28)).view(1, 3, 1, 1)
+    ref = _plain_model_input(batch, 224, mean, std, flip, torch.Generator().manual_seed(9), 0.5)
+    got = _to_model_input(batch, 224, mean, std, flip, torch.Generator().manual_seed(9), 0.5)
+    assert got.is_contiguous() and got.shape == (24, 3, 224, 224)
+    assert torch.equal(got, ref)
+    # and the augmentation did something: some images framed, some flipped
+    plain = _to_model_input(batch, 224, mean, std)
+    assert not torch.equal(got, plain)
+
+
+def test_keep_freed_memory_is_harmless_to_call_twice():
+    import platform
+
+    from dga.train.pretrain import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert keep_freed_memory() == applied
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_compare_runs_by_hand(tmp_path):
+    from dga.train.pretrain import compare_runs
+
+    def write(folder, losses, full):
+        folder.mkdir()
+        rows = [json.dumps({"step": 10 * (i + 1), "loss": v}) for i, v in enumerate(losses)]
+        rows.append(json.dumps({"eval": {"zero_shot": {"full": full}}}))
+        (folder / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+    write(tmp_path / "ref", [4.0, 2.0, 1.0], 0.5)
+    write(tmp_path / "rep", [4.0, 2.2, 0.9], 0.45)
+    c = compare_runs(tmp_path / "rep", tmp_path / "ref")
+    assert c["steps_compared"] == 3 and c["identical_steps"] == 1 and c["first_differing_step"] == 20
+    assert c["rel_diff_max"] == pytest.approx(0.1) and c["max_at_step"] in (20, 30)  # 0.2/2 and 0.1/1
+    assert c["rel_diff_median"] == pytest.approx(0.1)
+    assert c["within_5_percent"] == pytest.approx(1 / 3)
+    assert c["tail_mean_loss"] == {"replay": pytest.approx(7.1 / 3), "reference": pytest.approx(7 / 3)}
+    assert c["zero_shot_full"] == {"zero_shot": {"replay": 0.45, "reference": 0.5}}
