@@ -75,6 +75,8 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     assert lim["views"] == result["views"] == 6
     assert lim["limit_images_per_s"] == pytest.approx(lim["peak_matmul_flops_per_s"]
                                                       / (lim["encoder_flops_per_view"] * 6))
+    by_lib = lim["peak_matmul_flops_per_s_by_library"]  # on the CPU: torch and ONNX Runtime, the faster counts
+    assert set(by_lib) == {"torch", "onnxruntime"} and lim["peak_matmul_flops_per_s"] == max(by_lib.values())
     assert result["machine"]["cpu_count"] >= 1 and "onnxruntime" in result["machine"]
     table = markdown(result)
     assert table.count("| fused ONNX graph |") == 2 and "End-to-end over 6 JPEGs" in table
