@@ -267,8 +267,9 @@ def markdown(result: dict) -> str:
                   f"vs model-only {e['model_only_images_per_s']:.1f} images/s ({100 * e['ratio']:.0f} %)."]
         if "decode_one_worker_images_per_s" in e:
             lines += ["", f"Decode alone on one worker: {e['decode_one_worker_images_per_s']:.0f} images/s; "
-                      f"with decode and model sharing {e['cores']} fully busy cores, end-to-end can reach at most "
-                      f"{100 * e['shared_core_ceiling']:.0f} % of model-only (bench/run.py: shared_core_ceiling)."]
+                      f"if the model kept all {e['cores']} cores busy, decode sharing them would hold end-to-end to "
+                      f"{100 * e['shared_core_ceiling']:.0f} % of model-only (bench/run.py: shared_core_ceiling); "
+                      "the idle moments of the model's own threads, which decode fills, let a run go above it."]
     lim = result["limit"]
     lines += ["", f"Physical limit: {lim['encoder_flops_per_view'] / 1e9:.3f} GFLOP per view x {lim['views']} views "
               f"at a measured {lim['peak_matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul peak = "
