@@ -429,7 +429,7 @@ def compare_runs(replay_dir: str | os.PathLike, reference_dir: str | os.PathLike
     rel = np.array([abs(got[s] - ref[s]) / abs(ref[s]) for s in steps])
     differ = [s for s in steps if got[s] != ref[s]]
     tail = steps[-10:]
-    out = {"steps_compared": len(steps), "identical_steps": len(steps) - len(differ),
+    return {"steps_compared": len(steps), "identical_steps": len(steps) - len(differ),
            "first_differing_step": differ[0] if differ else None,
            "rel_diff_median": float(np.median(rel)), "rel_diff_p90": float(np.quantile(rel, 0.9)),
            "rel_diff_max": float(rel.max()), "max_at_step": steps[int(rel.argmax())],
@@ -438,7 +438,6 @@ def compare_runs(replay_dir: str | os.PathLike, reference_dir: str | os.PathLike
                               "reference": float(np.mean([ref[s] for s in tail]))},
            "zero_shot_full": {k: {"replay": got_eval[k]["full"], "reference": ref_eval[k]["full"]}
                               for k in ref_eval if k in got_eval}}
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
