@@ -27,6 +27,7 @@ def bench(
     min_time: float = typer.Option(1.0, help="Seconds each configuration is timed at least, per round."),
     e2e_images: int = typer.Option(512, help="JPEGs in the end-to-end folder."),
     e2e_batch: int = typer.Option(64, help="Batch size of the end-to-end run."),
+    e2e_rounds: int = typer.Option(8, help="Interleaved end-to-end / model-only rounds (median of their ratios)."),
     workers: int = typer.Option(None, help="Decode threads in the end-to-end run."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (torch runs)."),
 ) -> None:
@@ -35,7 +36,8 @@ def bench(
 
     opts = BenchOptions(batch_sizes=[int(b) for b in batch_sizes.split(",")], backends=backends.split(","),
                         precisions=precisions.split(","), repeat=repeat, rounds=rounds, min_time_s=min_time,
-                        e2e_images=e2e_images, e2e_batch=e2e_batch, workers=workers, device=device)
+                        e2e_images=e2e_images, e2e_batch=e2e_batch, e2e_rounds=e2e_rounds, workers=workers,
+                        device=device)
     result = run_bench(ckpt, opts, package, log=typer.echo)
     stem = name or f"bench-{result['method']}-{'gpu' if result['machine'].get('gpu') else 'cpu'}"
     js, md = write_results(result, out, stem)

@@ -38,6 +38,9 @@ def infer(
     gpu_decode: bool = typer.Option(False, "--gpu-decode",
                                     help="Decode JPEGs on the GPU (nvJPEG via torchvision; needs CUDA; pixels "
                                          "differ slightly from the CPU path)."),
+    decode_priority: str = typer.Option("auto", help="auto | low | normal: low runs the decode threads at the "
+                                        "lowest CPU priority so that a model on the same cores never waits for "
+                                        "them (auto: low on a CPU backend, normal on a GPU)."),
     resume: bool = typer.Option(False, help="Skip paths already in --out / the errors file; append the rest."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first file that cannot be read."),
     summary: Path = typer.Option(None, help="Also write the run summary as JSON here."),
@@ -64,7 +67,7 @@ def infer(
             raise ConfigError("--gpu-decode needs torch, torchvision and a CUDA GPU; drop it to decode on the CPU")
     predictor = Predictor.from_package(model, backend=backend, precision=precision, topk=topk,
                                        batch_size=batch_size, workers=workers, threads=threads, draft=draft,
-                                       gpu_decode="cuda" if gpu_decode else None)
+                                       gpu_decode="cuda" if gpu_decode else None, decode_priority=decode_priority)
     paths = [str(p) for p in list_inputs(inputs)]
     levels = predictor.package.level_names()
     writer = ResultWriter(out, fmt=fmt, topk=predictor.topk_k, level_names=levels, resume=resume)

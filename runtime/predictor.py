@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dga.errors import ConfigError
 from dga.runtime.backends import Runner, open_runner
 from dga.runtime.listing import list_inputs
 from dga.runtime.package import DeployPackage
@@ -62,9 +63,21 @@ class Result:
         return self.topk[0][1] if self.topk else None
 
 
+DECODE_PRIORITIES = ("auto", "low", "normal")
+
+
 class Predictor:
+    """``decode_priority``: "low" runs the decode threads at the lowest CPU priority (pipeline.py),
+    "normal" as any thread, "auto" low when the runner computes on the CPU (decode and model share
+    the cores) and normal when it runs on a GPU (decode must then keep the GPU fed)."""
+
     def __init__(self, package: DeployPackage, runner: Runner, topk: int = 5, batch_size: int = 64,
-                 workers: int | None = None, draft: bool = True, gpu_decode: str | None = None):
+                 workers: int | None = None, draft: bool = True, gpu_decode: str | None = None,
+                 decode_priority: str = "auto"):
+        if decode_priority not in DECODE_PRIORITIES:
+            raise ConfigError(f"decode priority {decode_priority!r} must be one of {', '.join(DECODE_PRIORITIES)}")
+        self.background_decode = decode_priority == "low" or (decode_priority == "auto"
+                                                              and getattr(runner, "on_cpu", False))
         self.package, self.runner = package, runner
         self.gpu_decoder = None
         if gpu_decode:  # a device name ("cuda", "cuda:1"; "cpu" runs the same code for tests)
@@ -79,10 +92,10 @@ class Predictor:
     @classmethod
     def from_package(cls, path: str | Path, backend: str = "auto", precision: str = "auto", device: int = 0,
                      topk: int = 5, batch_size: int = 64, workers: int | None = None, threads: int | None = None,
-                     draft: bool = True, gpu_decode: str | None = None) -> Predictor:
+                     draft: bool = True, gpu_decode: str | None = None, decode_priority: str = "auto") -> Predictor:
         package = DeployPackage.load(path)
         runner = open_runner(package, backend, precision, device, threads=threads)
-        return cls(package, runner, topk, batch_size, workers, draft, gpu_decode)
+        return cls(package, runner, topk, batch_size, workers, draft, gpu_decode, decode_priority)
 
     @property
     def classnames(self) -> list[str]:
@@ -123,7 +136,7 @@ class Predictor:
         """Decode (in parallel, ahead of the engine) and predict; one Result per path, in order."""
         names = self.classnames
         for batch in decoded_batches(list(paths), self.package.s0, self.batch_size, self.workers, draft=self.draft,
-                                     gpu_decoder=self.gpu_decoder):
+                                     gpu_decoder=self.gpu_decoder, background=self.background_decode):
             probs = self.run(batch.images)[1] if len(batch.paths) else np.zeros((0, len(names)))
             top = np.argsort(-probs, axis=1, kind="stable")[:, :self.topk_k]
             for kind, i in batch.order:

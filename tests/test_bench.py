@@ -54,7 +54,7 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     from dga.bench.run import BenchOptions, markdown, run_bench, write_results
 
     opts = BenchOptions(batch_sizes=[1, 3], repeat=1, min_time_s=0.0, rounds=2, e2e_images=6, e2e_batch=3,
-                        e2e_rounds=1, workers=1)
+                        e2e_rounds=2, workers=1)
     result = run_bench(dga_bundle, opts, log=lambda line: None)
     kinds = [(r["kind"], r["batch"]) for r in result["rows"]]
     for b in (1, 3):  # on the CPU: the eager loop, fused torch, and the ONNX graph, at each batch size
@@ -67,9 +67,17 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
         lo, hi = min(row["rounds_images_per_s"]), max(row["rounds_images_per_s"])
         assert lo <= row["images_per_s"] <= hi  # the median of the rounds
     e2e = result["end_to_end"]
-    assert e2e["images"] == 6 and e2e["ratio"] == pytest.approx(e2e["end_to_end_images_per_s"]
-                                                                 / e2e["model_only_images_per_s"])
-    assert len(e2e["rounds"]["decode_one_worker"]) == 1 and e2e["decode_one_worker_images_per_s"] > 0
+    assert e2e["images"] == 6
+    rounds = e2e["rounds"]  # each round pairs an end-to-end pass with a model-only pass
+    paired = [a / b for a, b in zip(rounds["end_to_end"], rounds["model_only"], strict=True)]
+    assert len(paired) == 2 and e2e["round_ratios"] == pytest.approx(paired)
+    assert e2e["ratio"] == pytest.approx((paired[0] + paired[1]) / 2)  # the median of two rounds
+    assert e2e["ratio_of_medians"] == pytest.approx(e2e["end_to_end_images_per_s"] / e2e["model_only_images_per_s"])
+    assert e2e["decode_priority"] == "low"  # the CPU runner shares its cores with decode
+    normal = e2e["normal_priority"]  # and the same rounds at normal priority, side by side
+    assert len(normal["rounds"]) == 2 and normal["round_ratios"] == pytest.approx(
+        [a / b for a, b in zip(normal["rounds"], rounds["model_only"], strict=True)])
+    assert len(rounds["decode_one_worker"]) == 2 and e2e["decode_one_worker_images_per_s"] > 0
     assert 0 < e2e["shared_core_ceiling"] < 1
     lim = result["limit"]
     assert lim["views"] == result["views"] == 6
@@ -80,7 +88,8 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     assert result["machine"]["cpu_count"] >= 1 and "onnxruntime" in result["machine"]
     table = markdown(result)
     assert table.count("| fused ONNX graph |") == 2 and "End-to-end over 6 JPEGs" in table
-    assert "Decode alone on one worker" in table
+    assert "Decode alone on one worker" in table and "End-to-end / model-only: **" in table
+    assert "decode threads at normal priority" in table
     js, md = write_results(result, tmp_path / "out", "run")
     assert json.loads(js.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert md.read_text() == table

@@ -358,6 +358,23 @@ def test_predictor_folder_matches_cli(predictor, accept, folder):
         assert res.message == err["message"] and res.label is None
 
 
+def test_decode_priority_follows_where_the_model_runs(predictor):
+    from dga.errors import ConfigError
+    from dga.runtime.predictor import Predictor
+
+    assert predictor.runner.on_cpu and predictor.background_decode  # auto on a CPU runner: low
+    pkg, cpu = predictor.package, predictor.runner
+    assert not Predictor(pkg, cpu, decode_priority="normal").background_decode
+
+    class GpuRunner:  # what auto sees on a GPU runner: decode must keep the GPU fed
+        name, precision, max_batch, on_cpu = "fake:gpu", "fp16", 64, False
+
+    assert not Predictor(pkg, GpuRunner()).background_decode
+    assert Predictor(pkg, GpuRunner(), decode_priority="low").background_decode
+    with pytest.raises(ConfigError, match="decode priority 'high' must be one of auto, low, normal"):
+        Predictor(pkg, cpu, decode_priority="high")
+
+
 def test_predict_array_equals_predict_paths(predictor, package, tmp_path):
     s0 = predictor.package.s0
     rng = np.random.default_rng(7)
@@ -486,6 +503,7 @@ def _modified_package(package: Path, tmp_path: Path) -> Path:
     ("unknown-backend", "unknown backend 'cuda'"),
     ("out-folder-missing", "folder does not exist"),
     ("input-missing", "does not exist"),
+    ("bad-decode-priority", "decode priority 'high' must be one of auto, low, normal"),
 ])
 def test_user_errors_exit_2(case, needle, package, folder, tmp_path, monkeypatch, capsys):
     root = folder[0]
@@ -496,6 +514,7 @@ def test_user_errors_exit_2(case, needle, package, folder, tmp_path, monkeypatch
         "unknown-backend": [one, "--model", str(package), "--backend", "cuda"],
         "out-folder-missing": [one, "--model", str(package), "--out", str(tmp_path / "no" / "dir" / "p.csv")],
         "input-missing": [str(tmp_path / "no_such_folder"), "--model", str(package), "--backend", "onnxruntime"],
+        "bad-decode-priority": [one, "--model", str(package), "--backend", "onnxruntime", "--decode-priority", "high"],
     }[case]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "p.csv")]

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import struct
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -346,6 +348,29 @@ def test_threads_share_pil_state_safely(good, bad):
                 assert (a == b) if isinstance(a, str) else np.array_equal(a, b)
     assert warnings.filters == filters_before
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread nice values are Linux's")
+@pytest.mark.parametrize("background", [True, False])
+def test_background_decode_threads_run_at_lowest_priority(background, tmp_path, monkeypatch):
+    from dga.runtime import pipeline
+
+    seen = []
+
+    def fake_decode(path, size, draft=True):
+        tid = threading.get_native_id()
+        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        return np.zeros((size, size, 3), np.uint8)
+
+    monkeypatch.setattr(pipeline, "decode_image", fake_decode)
+    me = threading.get_native_id()
+    base = os.getpriority(os.PRIO_PROCESS, me)
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(6)]
+    batches = list(pipeline.decoded_batches(paths, 4, batch_size=2, workers=2, background=background))
+    assert [b.paths for b in batches] == [paths[0:2], paths[2:4], paths[4:6]]
+    assert len(seen) == 6 and all(tid != me for tid, _ in seen)
+    assert {nice for _, nice in seen} == ({19} if background else {base})
+    assert os.getpriority(os.PRIO_PROCESS, me) == base  # the consumer (the model's thread) keeps its own
 
 
 def test_decode_error_pickles():

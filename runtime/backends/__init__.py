@@ -20,6 +20,7 @@ class Runner(Protocol):
     name: str  # e.g. "onnxruntime:CPUExecutionProvider"
     precision: str
     max_batch: int
+    on_cpu: bool  # computes on the CPU cores, which the decode threads then share
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 

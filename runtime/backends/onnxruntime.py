@@ -66,6 +66,7 @@ class OnnxRuntimeRunner:
         self.device = device
         self.max_batch = package.max_batch
         self.use_binding = self.provider in GPU_PROVIDERS
+        self.on_cpu = not self.use_binding
         self.chunk = None if self.use_binding else max(1, int(cpu_chunk))
         self.input_name = package.input_name
 

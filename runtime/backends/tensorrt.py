@@ -82,6 +82,7 @@ class TensorRTRunner:
         self.context = self.engine.create_execution_context()
         self.name, self.precision = f"tensorrt:{props.name}", precision
         self.max_batch = key.profile.max_batch
+        self.on_cpu = False
         self.input_name = package.input_name
         s0, c = package.s0, len(package.classnames)
         # Buffers allocated once for the largest batch; smaller batches use their leading rows.

@@ -34,6 +34,7 @@ class TorchRunner:
         self.module = DeployModule(model, "fp32").to(device).eval()
         self.device, self.precision, self.name = device, "fp32", f"torch:{device}"
         self.max_batch = package.max_batch
+        self.on_cpu = torch.device(device).type == "cpu"
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self.torch.no_grad():
