@@ -1,4 +1,4 @@
-"""Timing primitives: warm up, repeat, report the median; peak memory; machine description."""
+"""Timing primitives: warm up, repeat, report the median; peak memory; CPU steal; machine description."""
 
 from __future__ import annotations
 
@@ -27,6 +27,40 @@ def time_call(fn: Callable[[], object], warmup: int = 2, repeat: int = 5, min_ti
         times.append(time.perf_counter() - t)
     times.sort()
     return {"median_s": statistics.median(times), "p90_s": times[int(0.9 * (len(times) - 1))], "calls": len(times)}
+
+
+def cpu_jiffies(stat_path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) CPU time of all cores since boot from Linux's /proc/stat; None where it is absent.
+
+    Steal is time the hypervisor ran someone else while this VM had work: a run it is high in was
+    measured on a machine that was not all there.
+    """
+    try:
+        with open(stat_path) as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return steal, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+class StealMeter:
+    """Fraction of CPU time stolen by the hypervisor between ``start()`` and ``stop()`` (None: unknown)."""
+
+    def __init__(self, read=cpu_jiffies):
+        self.read, self.begin = read, None
+
+    def start(self) -> StealMeter:
+        self.begin = self.read()
+        return self
+
+    def stop(self) -> float | None:
+        end = self.read()
+        if self.begin is None or end is None or end[1] <= self.begin[1]:
+            return None
+        return (end[0] - self.begin[0]) / (end[1] - self.begin[1])
 
 
 def peak_rss_mb() -> float:

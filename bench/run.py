@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dga.bench.measure import machine, peak_rss_mb, time_call
+from dga.bench.measure import StealMeter, machine, peak_rss_mb, time_call
 from dga.bench.reference import PerViewLoop
 from dga.fsutil import atomic_write
 from dga.runtime.pipeline import decoded_batches, default_workers
@@ -179,11 +179,13 @@ def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None =
     # Interleaved rounds: every configuration is timed once per round, so a slow spell of a shared
     # machine hits all of them alike; each figure is the median over rounds.
     timings: list[list[dict]] = [[] for _ in configs]
+    steal = StealMeter().start()
     with torch.no_grad():
         for r in range(opts.rounds):
             for i, (*_, fn) in enumerate(configs):
                 timings[i].append(time_call(fn, warmup=2 if r == 0 else 1, repeat=opts.repeat,
                                             min_time_s=opts.min_time_s, sync=sync))
+    table_steal = steal.stop()
     for (kind, backend, precision, b, _), ts in zip(configs, timings, strict=True):
         median_s = float(np.median([t["median_s"] for t in ts]))
         row = {"kind": kind, "backend": backend, "precision": precision, "batch": b,
@@ -217,7 +219,7 @@ def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None =
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "runner_chunks": chunks,
             "bundle": str(bundle_path), "method": bundle.manifest["method"]["name"],
             "backbone": bundle.manifest["backbone"]["name"], "views": views, "s0": s0,
-            "rows": rows, "end_to_end": e2e, "limit": limit}
+            "rows": rows, "end_to_end": e2e, "limit": limit, "cpu_steal_table": table_steal}
 
 
 def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opts: BenchOptions, log=print) -> dict:
@@ -255,12 +257,15 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
     runs: dict[str, list[float]] = {k: [] for k in passes}
     runs["decode_one_worker"] = []
     order = list(passes)
+    steal = []
     for r in range(opts.e2e_rounds):
+        meter = StealMeter().start()
         for key in order[r % len(order):] + order[:r % len(order)]:
             runs[key].append(passes[key]())
         t = time.perf_counter()
         decoded = sum(len(b.images) for b in decoded_batches(paths, s0, opts.e2e_batch, workers=1))
         runs["decode_one_worker"].append(decoded / (time.perf_counter() - t))
+        steal.append(meter.stop())
     med = {k: float(np.median(v)) for k, v in runs.items()}
     ratios = [e / m for e, m in zip(runs["end_to_end_auto"], runs["model_only"], strict=True)]
     cores = os.cpu_count() or 1
@@ -272,7 +277,8 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
            "shared_core_ceiling": shared_core_ceiling(med["model_only"], med["decode_one_worker"], cores),
            "rounds": {"end_to_end": runs["end_to_end_auto"], "model_only": runs["model_only"],
                       "decode_one_worker": runs["decode_one_worker"]},
-           "decode_workers": predictors["auto"].workers or default_workers(), "jpeg_sides_px": [320, 1280]}
+           "decode_workers": predictors["auto"].workers or default_workers(), "jpeg_sides_px": [320, 1280],
+           "cpu_steal_per_round": steal}
     log(f"  end-to-end over {e2e['images']} JPEGs (median of {opts.e2e_rounds} rounds): {med['end_to_end_auto']:.1f} "
         f"images/s vs model-only {med['model_only']:.1f}; end-to-end / model-only {100 * e2e['ratio']:.0f} % (the "
         f"rounds' ratios {_percents(ratios)} %, decode at {e2e['decode_priority']} priority)")
@@ -323,6 +329,12 @@ def markdown(result: dict) -> str:
                       f"if the model kept all {e['cores']} cores busy, decode sharing them would hold end-to-end to "
                       f"{100 * e['shared_core_ceiling']:.0f} % of model-only (bench/run.py: shared_core_ceiling); "
                       "the idle moments of the model's own threads, which decode fills, let a run go above it."]
+    steal = [result.get("cpu_steal_table")] + list((e or {}).get("cpu_steal_per_round", []))
+    if any(s is not None for s in steal):
+        rounds = ", ".join("?" if s is None else f"{100 * s:.0f}" for s in steal[1:])
+        table = "?" if steal[0] is None else f"{100 * steal[0]:.0f}"
+        lines += ["", f"CPU time the hypervisor gave to others while this run had work (steal, /proc/stat): "
+                  f"{table} % during the table" + (f", per end-to-end round {rounds} %" if rounds else "") + "."]
     lim = result["limit"]
     by_lib = lim.get("peak_matmul_flops_per_s_by_library")  # absent in results written before it existed
     peaks = (" (square matmul: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in by_lib.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -50,6 +51,23 @@ def test_shared_core_ceiling_by_hand():
     assert shared_core_ceiling(100.0, 1e9, 8) == pytest.approx(1.0)  # free decode: no loss
 
 
+def test_cpu_steal_by_hand(tmp_path):
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal (guest columns ignored)."""
+    from dga.bench.measure import StealMeter, cpu_jiffies
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert cpu_jiffies(str(stat)) == (35, 1000)
+    assert cpu_jiffies(str(tmp_path / "absent")) is None
+    stat.write_text("intr 5\n")
+    assert cpu_jiffies(str(stat)) is None
+    reads = iter([(35, 1000), (85, 1260)])  # 50 of 260 jiffies stolen
+    assert StealMeter(lambda: next(reads)).start().stop() == pytest.approx(50 / 260)
+    assert StealMeter(lambda: None).start().stop() is None
+    same = iter([(35, 1000), (35, 1000)])  # no time passed: unknown, not 0/0
+    assert StealMeter(lambda: next(same)).start().stop() is None
+
+
 def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     from dga.bench.run import BenchOptions, markdown, run_bench, write_results
 
@@ -90,6 +108,9 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     assert table.count("| fused ONNX graph |") == 2 and "End-to-end over 6 JPEGs" in table
     assert "Decode alone on one worker" in table and "End-to-end / model-only: **" in table
     assert "decode threads at normal priority" in table
+    if sys.platform.startswith("linux"):  # /proc/stat: the hypervisor's share is recorded and shown
+        assert 0 <= result["cpu_steal_table"] <= 1 and len(e2e["cpu_steal_per_round"]) == 2
+        assert "(steal, /proc/stat)" in table
     js, md = write_results(result, tmp_path / "out", "run")
     assert json.loads(js.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert md.read_text() == table
