@@ -36,7 +36,7 @@ class BenchOptions:
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     repeat: int = 5
     min_time_s: float = 1.0  # per round, keep timing each configuration at least this long (noisy machines)
-    rounds: int = 3  # interleaved rounds over all configurations; figures are medians over rounds
+    rounds: int = 5  # interleaved rounds over all configurations; figures are medians over rounds
     e2e_images: int = 512
     e2e_batch: int = 64
     e2e_rounds: int = 8

@@ -23,7 +23,7 @@ def bench(
     backends: str = typer.Option("torch,onnxruntime", help="Which fused backends to time."),
     precisions: str = typer.Option("fp32", help="ONNX precisions to time (fp16 is for GPUs)."),
     repeat: int = typer.Option(5, help="Timed calls per configuration and round (median reported)."),
-    rounds: int = typer.Option(3, help="Interleaved rounds over all configurations (median over rounds)."),
+    rounds: int = typer.Option(5, help="Interleaved rounds over all configurations (median over rounds)."),
     min_time: float = typer.Option(1.0, help="Seconds each configuration is timed at least, per round."),
     e2e_images: int = typer.Option(512, help="JPEGs in the end-to-end folder."),
     e2e_batch: int = typer.Option(64, help="Batch size of the end-to-end run."),

@@ -10,7 +10,7 @@ lowest scheduling priority (Linux: nice 19, per thread): the model's threads the
 the moment they have work, and decode fills the model's idle moments and waits for data instead of
 stalling the model's parallel operators. Because the model blocks (sleeps) whenever the next batch
 is not ready, decode still gets every core then: nothing starves. On the 2-core VM this raised
-end-to-end from 89 % to 93 % of model-only throughput (bench/results, interleaved rounds).
+end-to-end from 82 % to 91 % of model-only throughput, the same interleaved rounds (bench/results).
 """
 
 from __future__ import annotations
