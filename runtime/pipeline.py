@@ -9,8 +9,15 @@ When the model computes on the same CPU cores (``background=True``), the decode 
 lowest scheduling priority (Linux: nice 19, per thread): the model's threads then pre-empt them
 the moment they have work, and decode fills the model's idle moments and waits for data instead of
 stalling the model's parallel operators. Because the model blocks (sleeps) whenever the next batch
-is not ready, decode still gets every core then: nothing starves. On the 2-core VM this raised
-end-to-end from 82 % to 91 % of model-only throughput, the same interleaved rounds (bench/results).
+is not ready, decode still gets every core then. On the 2-core VM this raised end-to-end from 82 %
+to 91 % of model-only throughput, the same interleaved rounds (bench/results).
+
+Other normal-priority work on the machine (another dga-infer, a service's threads) would crowd such
+threads out: a second benchmark running at the same time took end-to-end from 94 % at normal
+priority to 64 % at low. So low priority is given up for the rest of a run as soon as the consumer
+has waited for decode longer than half its own time per batch, twice in a row (``Starvation``):
+the following chunks go to a second pool of normal-priority threads, and a Predictor keeps that
+verdict for its later calls. Until then the chunks queued on the low-priority pool decode slowly.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +47,25 @@ class DecodedBatch:
 
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2)))
+
+
+class Starvation:
+    """Whether decode at low priority is starving the consumer, judged batch by batch (sticky).
+
+    ``record(wait_s, busy_s)``: the consumer waited ``wait_s`` for a batch and then spent ``busy_s``
+    on the previous one. Two batches in a row with ``wait_s > FRACTION * busy_s`` set ``starved``
+    for good: once other work has shown it can take the cores, the run stays at normal priority.
+    """
+
+    FRACTION = 0.5
+    IN_A_ROW = 2
+
+    def __init__(self) -> None:
+        self.streak, self.starved = 0, False
+
+    def record(self, wait_s: float, busy_s: float) -> None:
+        self.streak = self.streak + 1 if wait_s > self.FRACTION * busy_s else 0
+        self.starved = self.starved or self.streak >= self.IN_A_ROW
 
 
 def lower_thread_priority() -> None:
@@ -85,26 +112,28 @@ _DONE = object()
 
 def decoded_batches(paths: Sequence[str | Path], s0: int, batch_size: int, workers: int | None = None,
                     prefetch: int = 2, draft: bool = True, gpu_decoder=None,
-                    background: bool = False) -> Iterator[DecodedBatch]:
+                    background: bool = False, starvation: Starvation | None = None) -> Iterator[DecodedBatch]:
     """Yield decoded batches in order, decoding up to ``prefetch`` batches ahead of the consumer.
 
     ``gpu_decoder`` (a ``gpu_decode.JpegBatchDecoder``) decodes each chunk's JPEGs in one call.
-    ``background``: decode threads at the lowest priority (see the module docstring); the
-    consumer's thread is left as it is.
+    ``background``: decode threads at the lowest priority until ``Starvation`` says otherwise (see
+    the module docstring); the consumer's and the producer's threads keep their own. Pass the same
+    ``starvation`` to later calls to carry its verdict over (the Predictor does).
     """
     paths = [str(p) for p in paths]
     q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
+    starvation = starvation or Starvation()
+    n_workers = workers or default_workers()
 
     def produce() -> None:
-        if background:
-            lower_thread_priority()
         try:
-            with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="dga-decode",
-                                    initializer=lower_thread_priority if background else None) as pool:
+            with ThreadPoolExecutor(n_workers, "dga-decode-low", initializer=lower_thread_priority) as low, \
+                    ThreadPoolExecutor(n_workers, "dga-decode") as normal:  # threads start on first use
                 for start in range(0, len(paths), batch_size):
                     if stop.is_set():
                         break
+                    pool = low if background and not starvation.starved else normal
                     q.put(decode_chunk(pool, paths[start:start + batch_size], s0, draft, gpu_decoder))
         except BaseException as exc:  # surface producer errors in the consumer
             q.put(exc)
@@ -113,14 +142,19 @@ def decoded_batches(paths: Sequence[str | Path], s0: int, batch_size: int, worke
 
     thread = threading.Thread(target=produce, name="dga-producer", daemon=True)
     thread.start()
+    busy = float("inf")  # the consumer's time on the previous batch (none yet: no verdict on the first)
     try:
         while True:
+            t = time.perf_counter()
             item = q.get()
+            starvation.record(time.perf_counter() - t, busy)
             if item is _DONE:
                 break
             if isinstance(item, BaseException):
                 raise item
+            t = time.perf_counter()
             yield item
+            busy = time.perf_counter() - t
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue

@@ -20,7 +20,7 @@ from dga.errors import ConfigError
 from dga.runtime.backends import Runner, open_runner
 from dga.runtime.listing import list_inputs
 from dga.runtime.package import DeployPackage
-from dga.runtime.pipeline import decoded_batches
+from dga.runtime.pipeline import Starvation, decoded_batches
 from dga.runtime.preprocess import eval_image
 
 
@@ -78,6 +78,7 @@ class Predictor:
             raise ConfigError(f"decode priority {decode_priority!r} must be one of {', '.join(DECODE_PRIORITIES)}")
         self.background_decode = decode_priority == "low" or (decode_priority == "auto"
                                                               and getattr(runner, "on_cpu", False))
+        self.starvation = Starvation()  # once low-priority decode has starved the model, it stays normal
         self.package, self.runner = package, runner
         self.gpu_decoder = None
         if gpu_decode:  # a device name ("cuda", "cuda:1"; "cpu" runs the same code for tests)
@@ -136,7 +137,8 @@ class Predictor:
         """Decode (in parallel, ahead of the engine) and predict; one Result per path, in order."""
         names = self.classnames
         for batch in decoded_batches(list(paths), self.package.s0, self.batch_size, self.workers, draft=self.draft,
-                                     gpu_decoder=self.gpu_decoder, background=self.background_decode):
+                                     gpu_decoder=self.gpu_decoder, background=self.background_decode,
+                                     starvation=self.starvation):
             probs = self.run(batch.images)[1] if len(batch.paths) else np.zeros((0, len(names)))
             top = np.argsort(-probs, axis=1, kind="stable")[:, :self.topk_k]
             for kind, i in batch.order:

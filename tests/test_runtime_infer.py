@@ -26,6 +26,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -358,8 +359,9 @@ def test_predictor_folder_matches_cli(predictor, accept, folder):
         assert res.message == err["message"] and res.label is None
 
 
-def test_decode_priority_follows_where_the_model_runs(predictor):
+def test_decode_priority_follows_where_the_model_runs(predictor, monkeypatch):
     from dga.errors import ConfigError
+    from dga.runtime import pipeline
     from dga.runtime.predictor import Predictor
 
     assert predictor.runner.on_cpu and predictor.background_decode  # auto on a CPU runner: low
@@ -373,6 +375,21 @@ def test_decode_priority_follows_where_the_model_runs(predictor):
     assert Predictor(pkg, GpuRunner(), decode_priority="low").background_decode
     with pytest.raises(ConfigError, match="decode priority 'high' must be one of auto, low, normal"):
         Predictor(pkg, cpu, decode_priority="high")
+
+    if sys.platform.startswith("linux"):  # the decode threads' nice value, run by run
+        seen = []
+
+        def fake_decode(path, size, draft=True):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return np.zeros((size, size, 3), np.uint8)
+
+        monkeypatch.setattr(pipeline, "decode_image", fake_decode)
+        p = Predictor(pkg, cpu, batch_size=4)
+        assert len(list(p.iter_results(["a.jpg", "b.jpg", "c.jpg"]))) == 3 and set(seen) == {19}
+        p.starvation.starved = True  # a verdict from an earlier run of this Predictor is kept
+        seen.clear()
+        list(p.iter_results(["a.jpg", "b.jpg", "c.jpg"]))
+        assert set(seen) == {os.getpriority(os.PRIO_PROCESS, threading.get_native_id())} != {19}
 
 
 def test_predict_array_equals_predict_paths(predictor, package, tmp_path):

@@ -9,6 +9,7 @@ import os
 import struct
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -366,11 +367,53 @@ def test_background_decode_threads_run_at_lowest_priority(background, tmp_path, 
     me = threading.get_native_id()
     base = os.getpriority(os.PRIO_PROCESS, me)
     paths = [str(tmp_path / f"{i}.jpg") for i in range(6)]
-    batches = list(pipeline.decoded_batches(paths, 4, batch_size=2, workers=2, background=background))
+    batches = []
+    for b in pipeline.decoded_batches(paths, 4, batch_size=2, workers=2, background=background):
+        batches.append(b)
+        time.sleep(0.05)  # the model's time per batch; decode (instant here) never keeps it waiting
     assert [b.paths for b in batches] == [paths[0:2], paths[2:4], paths[4:6]]
     assert len(seen) == 6 and all(tid != me for tid, _ in seen)
     assert {nice for _, nice in seen} == ({19} if background else {base})
     assert os.getpriority(os.PRIO_PROCESS, me) == base  # the consumer (the model's thread) keeps its own
+
+
+def test_starvation_by_hand():
+    from dga.runtime.pipeline import Starvation
+
+    s = Starvation()
+    s.record(5.0, float("inf"))  # the first batch: nothing to compare with
+    s.record(0.6, 1.0)  # waited more than half the model's time: once
+    s.record(0.4, 1.0)  # not twice in a row
+    s.record(0.6, 1.0)
+    assert not s.starved
+    s.record(0.51, 1.0)  # twice in a row
+    assert s.starved
+    s.record(0.0, 1.0)
+    assert s.starved  # for the rest of the run
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread nice values are Linux's")
+def test_starved_consumer_moves_decode_to_normal_priority(tmp_path, monkeypatch):
+    """Decode slower than the model (as when other work crowds the low-priority threads out): after
+    two batches the consumer waited for, the remaining chunks decode at normal priority."""
+    from dga.runtime import pipeline
+
+    seen = {}
+
+    def slow_decode(path, size, draft=True):
+        time.sleep(0.02)
+        seen[path] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return np.zeros((size, size, 3), np.uint8)
+
+    monkeypatch.setattr(pipeline, "decode_image", slow_decode)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(20)]
+    got = [p for b in pipeline.decoded_batches(paths, 4, batch_size=2, workers=1, prefetch=1, background=True)
+           for p in b.paths]  # the consumer takes no time: every wait is "longer than half of it"
+    assert got == paths
+    assert seen[paths[0]] == 19 and seen[paths[-1]] == base != 19
+    first_normal = next(i for i, p in enumerate(paths) if seen[p] == base)
+    assert all(seen[p] == 19 for p in paths[:first_normal]) and all(seen[p] == base for p in paths[first_normal:])
 
 
 def test_decode_error_pickles():
