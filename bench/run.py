@@ -278,7 +278,9 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
            "rounds": {"end_to_end": runs["end_to_end_auto"], "model_only": runs["model_only"],
                       "decode_one_worker": runs["decode_one_worker"]},
            "decode_workers": predictors["auto"].workers or default_workers(), "jpeg_sides_px": [320, 1280],
-           "cpu_steal_per_round": steal}
+           "cpu_steal_per_round": steal,
+           # low-priority decode gave way to normal (pipeline.Starvation) during these rounds
+           "decode_gave_way": predictors["auto"].starvation.starved}
     log(f"  end-to-end over {e2e['images']} JPEGs (median of {opts.e2e_rounds} rounds): {med['end_to_end_auto']:.1f} "
         f"images/s vs model-only {med['model_only']:.1f}; end-to-end / model-only {100 * e2e['ratio']:.0f} % (the "
         f"rounds' ratios {_percents(ratios)} %, decode at {e2e['decode_priority']} priority)")
@@ -318,7 +320,9 @@ def markdown(result: dict) -> str:
             lines += ["", f"End-to-end / model-only: **{100 * e['ratio']:.0f} %**, the median of "
                       f"{len(e['round_ratios'])} interleaved rounds' own ratios ({_percents(e['round_ratios'])} %); "
                       f"the ratio of the medians above is {100 * e['ratio_of_medians']:.0f} %. "
-                      f"Decode threads at {e['decode_priority']} CPU priority."]
+                      f"Decode threads at {e['decode_priority']} CPU priority"
+                      + (" (they gave way to normal priority during the rounds: the model waited for them)."
+                         if e.get("decode_gave_way") else ".")]
         if "normal_priority" in e:
             n = e["normal_priority"]
             lines += ["", "The same rounds with the decode threads at normal priority: "
