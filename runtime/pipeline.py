@@ -9,8 +9,8 @@ When the model computes on the same CPU cores (``background=True``), the decode 
 lowest scheduling priority (Linux: nice 19, per thread): the model's threads then pre-empt them
 the moment they have work, and decode fills the model's idle moments and waits for data instead of
 stalling the model's parallel operators. Because the model blocks (sleeps) whenever the next batch
-is not ready, decode still gets every core then. On the 2-core VM this raised end-to-end from 82 %
-to 91 % of model-only throughput, the same interleaved rounds (bench/results).
+is not ready, decode still gets every core then. On the 2-core VM end-to-end reached 88 % and 91 %
+of model-only throughput against 84 % and 82 % at normal priority in the same rounds (bench/results).
 
 Other normal-priority work on the machine (another dga-infer, a service's threads) would crowd such
 threads out: a second benchmark running at the same time took end-to-end from 94 % at normal
@@ -147,11 +147,11 @@ def decoded_batches(paths: Sequence[str | Path], s0: int, batch_size: int, worke
         while True:
             t = time.perf_counter()
             item = q.get()
-            starvation.record(time.perf_counter() - t, busy)
             if item is _DONE:
                 break
             if isinstance(item, BaseException):
                 raise item
+            starvation.record(time.perf_counter() - t, busy)  # only waits for a batch count
             t = time.perf_counter()
             yield item
             busy = time.perf_counter() - t
