@@ -4,9 +4,9 @@
 - ours: the fused module (one encoder pass over B * V) in torch and the exported graph on every
   available backend, at each batch size;
 - end-to-end: the Predictor over a folder of generated JPEGs of mixed sizes vs model-only (on the
-  CPU also with the decode threads at normal priority), and decode alone on one worker, which
-  bounds what end-to-end can reach where decode and the model share the same cores
-  (``shared_core_ceiling``);
+  CPU also with the decode threads at normal priority), and decode alone on one worker; the CPU
+  time of each pass bounds what end-to-end can reach where decode and the model share the same
+  cores (``shared_core_ceiling``);
 - the physical limit: encoder FLOPs per view x views / measured peak matmul throughput.
 """
 
@@ -121,14 +121,24 @@ def mixed_jpeg_folder(root: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def shared_core_ceiling(model_only_ips: float, decode_one_worker_ips: float, cores: int) -> float:
-    """Best end-to-end / model-only ratio when decode and model share ``cores`` fully busy cores.
+def shared_core_ceiling(model_wall_s: float, model_cpu_s: float, decode_cpu_s: float, cores: int) -> float:
+    """Best end-to-end / model-only ratio when decode and the model share ``cores`` cores.
 
-    Per image the model takes ``cores / model_only_ips`` core-seconds and decode
-    ``1 / decode_one_worker_ips``; with every core busy the best end-to-end rate is ``cores`` over
-    their sum. (Idle gaps in the model's own threads, which decode can fill, can lift a run above it.)
+    All three arguments are per image: the model alone takes ``model_wall_s`` and keeps the cores
+    busy for ``model_cpu_s`` core-seconds (less than ``cores * model_wall_s`` when its threads idle
+    at times); decoding takes ``decode_cpu_s``. End-to-end cannot beat the model alone, nor do both
+    jobs' work faster than ``cores`` cores can: ``(model_cpu_s + decode_cpu_s) / cores`` per image.
+    A run reaches this only if decode fits exactly into every idle moment and slows nothing else.
     """
-    return 1.0 / (1.0 + model_only_ips / (cores * decode_one_worker_ips))
+    best_wall_s = max(model_wall_s, (model_cpu_s + decode_cpu_s) / cores)
+    return model_wall_s / best_wall_s
+
+
+def _timed(fn) -> tuple[object, float, float]:
+    """(fn(), wall seconds, CPU seconds of the whole process: every thread, the model's included)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None = None, log=print) -> dict:
@@ -242,39 +252,44 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
     model_calls = max(1, len(paths) // opts.e2e_batch)
     counted = {}
 
-    def end_to_end(key: str) -> float:
-        t = time.perf_counter()
+    def end_to_end(key: str) -> int:
         counted[key] = sum(1 for r in predictors[key].iter_results(paths) if r.ok)
-        return counted[key] / (time.perf_counter() - t)
+        return counted[key]
 
-    def model_only() -> float:
-        t = time.perf_counter()
+    def model_only() -> int:
         for _ in range(model_calls):
             runner.infer(batch)
-        return len(batch) * model_calls / (time.perf_counter() - t)
+        return len(batch) * model_calls
+
+    def decode_alone() -> int:
+        return sum(len(b.images) for b in decoded_batches(paths, s0, opts.e2e_batch, workers=1))
 
     passes = {"model_only": model_only, **{f"end_to_end_{k}": lambda k=k: end_to_end(k) for k in predictors}}
-    runs: dict[str, list[float]] = {k: [] for k in passes}
-    runs["decode_one_worker"] = []
-    order = list(passes)
-    steal = []
+    runs: dict[str, list[float]] = {k: [] for k in [*passes, "decode_one_worker"]}
+    cores_busy: dict[str, list[float]] = {k: [] for k in runs}
+    ceilings, decode_cpu_ms, order, steal = [], [], list(passes), []
+    cores = os.cpu_count() or 1
     for r in range(opts.e2e_rounds):
         meter = StealMeter().start()
-        for key in order[r % len(order):] + order[:r % len(order)]:
-            runs[key].append(passes[key]())
-        t = time.perf_counter()
-        decoded = sum(len(b.images) for b in decoded_batches(paths, s0, opts.e2e_batch, workers=1))
-        runs["decode_one_worker"].append(decoded / (time.perf_counter() - t))
+        per_image = {}  # key -> (wall s, CPU s) per image in this round
+        for key in [*order[r % len(order):], *order[:r % len(order)], "decode_one_worker"]:
+            n, wall, cpu = _timed(passes.get(key, decode_alone))
+            runs[key].append(n / wall)
+            cores_busy[key].append(cpu / wall)
+            per_image[key] = (wall / n, cpu / n)
         steal.append(meter.stop())
+        decode_cpu_ms.append(1000 * per_image["decode_one_worker"][1])
+        ceilings.append(shared_core_ceiling(*per_image["model_only"], per_image["decode_one_worker"][1], cores))
     med = {k: float(np.median(v)) for k, v in runs.items()}
     ratios = [e / m for e, m in zip(runs["end_to_end_auto"], runs["model_only"], strict=True)]
-    cores = os.cpu_count() or 1
     e2e = {"images": counted["auto"], "batch": opts.e2e_batch, "backend": runner.name, "precision": runner.precision,
            "end_to_end_images_per_s": med["end_to_end_auto"], "model_only_images_per_s": med["model_only"],
            "ratio": float(np.median(ratios)), "ratio_of_medians": med["end_to_end_auto"] / med["model_only"],
            "round_ratios": ratios, "decode_priority": "low" if predictors["auto"].background_decode else "normal",
            "decode_one_worker_images_per_s": med["decode_one_worker"], "cores": cores,
-           "shared_core_ceiling": shared_core_ceiling(med["model_only"], med["decode_one_worker"], cores),
+           "shared_core_ceiling": float(np.median(ceilings)), "round_ceilings": ceilings,
+           "decode_cpu_ms_per_image": float(np.median(decode_cpu_ms)),
+           "cores_busy": {k: float(np.median(v)) for k, v in cores_busy.items()},
            "rounds": {"end_to_end": runs["end_to_end_auto"], "model_only": runs["model_only"],
                       "decode_one_worker": runs["decode_one_worker"]},
            "decode_workers": predictors["auto"].workers or default_workers(), "jpeg_sides_px": [320, 1280],
@@ -291,8 +306,10 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
                                   "rounds": runs["end_to_end_normal"]}
         log(f"  same rounds, decode at normal priority: {med['end_to_end_normal']:.1f} images/s, "
             f"{100 * e2e['normal_priority']['ratio']:.0f} % of model-only")
-    log(f"  decode alone on 1 worker {med['decode_one_worker']:.0f} images/s "
-        f"(ceiling with {cores} shared cores: {100 * e2e['shared_core_ceiling']:.0f} %)")
+    busy = e2e["cores_busy"]
+    log(f"  decode alone on 1 worker {med['decode_one_worker']:.0f} images/s, {e2e['decode_cpu_ms_per_image']:.2f} "
+        f"CPU ms per image; cores busy: model-only {busy['model_only']:.2f}, end-to-end {busy['end_to_end_auto']:.2f} "
+        f"of {cores}; ceiling with shared cores {100 * e2e['shared_core_ceiling']:.0f} %")
     return e2e
 
 
@@ -328,11 +345,16 @@ def markdown(result: dict) -> str:
             lines += ["", "The same rounds with the decode threads at normal priority: "
                       f"{n['end_to_end_images_per_s']:.1f} images/s, **{100 * n['ratio']:.0f} %** of model-only "
                       f"(rounds {_percents(n['round_ratios'])} %)."]
-        if "decode_one_worker_images_per_s" in e:
-            lines += ["", f"Decode alone on one worker: {e['decode_one_worker_images_per_s']:.0f} images/s; "
-                      f"if the model kept all {e['cores']} cores busy, decode sharing them would hold end-to-end to "
-                      f"{100 * e['shared_core_ceiling']:.0f} % of model-only (bench/run.py: shared_core_ceiling); "
-                      "the idle moments of the model's own threads, which decode fills, let a run go above it."]
+        if "cores_busy" in e:
+            busy, ceiling = e["cores_busy"], 100 * e["shared_core_ceiling"]
+            lines += ["", "Where the time goes: decode alone on one worker runs at "
+                      f"{e['decode_one_worker_images_per_s']:.0f} images/s and costs "
+                      f"{e['decode_cpu_ms_per_image']:.2f} ms of CPU per image; the model alone kept "
+                      f"{busy['model_only']:.2f} of the {e['cores']} cores busy, end-to-end "
+                      f"{busy['end_to_end_auto']:.2f}. Decoding and the model cannot together go faster than the "
+                      f"cores do their work, so at best end-to-end would reach about **{ceiling:.0f} %** of "
+                      f"model-only here (median of the rounds' ceilings {_percents(e['round_ceilings'])} %; "
+                      "bench/run.py: shared_core_ceiling)."]
     steal = [result.get("cpu_steal_table")] + list((e or {}).get("cpu_steal_per_round", []))
     if any(s is not None for s in steal):
         rounds = ", ".join("?" if s is None else f"{100 * s:.0f}" for s in steal[1:])

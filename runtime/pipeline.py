@@ -9,8 +9,9 @@ When the model computes on the same CPU cores (``background=True``), the decode 
 lowest scheduling priority (Linux: nice 19, per thread): the model's threads then pre-empt them
 the moment they have work, and decode fills the model's idle moments and waits for data instead of
 stalling the model's parallel operators. Because the model blocks (sleeps) whenever the next batch
-is not ready, decode still gets every core then. On the 2-core VM end-to-end reached 88 % and 91 %
-of model-only throughput against 84 % and 82 % at normal priority in the same rounds (bench/results).
+is not ready, decode still gets every core then. On the 2-core VM end-to-end reached 88 %, 91 % and
+89 % of model-only throughput against 84 %, 82 % and 83 % at normal priority in the same rounds
+(bench/results); the CPU work of decode and model together capped it near 91 % there.
 
 Other normal-priority work on the machine (another dga-infer, a service's threads) would crowd such
 threads out: a second benchmark running at the same time took end-to-end from 94 % at normal
