@@ -288,6 +288,8 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
            "round_ratios": ratios, "decode_priority": "low" if predictors["auto"].background_decode else "normal",
            "decode_one_worker_images_per_s": med["decode_one_worker"], "cores": cores,
            "shared_core_ceiling": float(np.median(ceilings)), "round_ceilings": ceilings,
+           # how close the pipeline came to what the cores allowed, round by round
+           "of_ceiling": float(np.median([r / c for r, c in zip(ratios, ceilings, strict=True)])),
            "decode_cpu_ms_per_image": float(np.median(decode_cpu_ms)),
            "cores_busy": {k: float(np.median(v)) for k, v in cores_busy.items()},
            "rounds": {"end_to_end": runs["end_to_end_auto"], "model_only": runs["model_only"],
@@ -309,7 +311,8 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
     busy = e2e["cores_busy"]
     log(f"  decode alone on 1 worker {med['decode_one_worker']:.0f} images/s, {e2e['decode_cpu_ms_per_image']:.2f} "
         f"CPU ms per image; cores busy: model-only {busy['model_only']:.2f}, end-to-end {busy['end_to_end_auto']:.2f} "
-        f"of {cores}; ceiling with shared cores {100 * e2e['shared_core_ceiling']:.0f} %")
+        f"of {cores}; ceiling with shared cores {100 * e2e['shared_core_ceiling']:.0f} %, end-to-end reached "
+        f"{100 * e2e['of_ceiling']:.0f} % of it")
     return e2e
 
 
@@ -354,7 +357,9 @@ def markdown(result: dict) -> str:
                       f"{busy['end_to_end_auto']:.2f}. Decoding and the model cannot together go faster than the "
                       f"cores do their work, so at best end-to-end would reach about **{ceiling:.0f} %** of "
                       f"model-only here (median of the rounds' ceilings {_percents(e['round_ceilings'])} %; "
-                      "bench/run.py: shared_core_ceiling)."]
+                      "bench/run.py: shared_core_ceiling)"
+                      + (f"; end-to-end reached {100 * e['of_ceiling']:.0f} % of it (median over the rounds)."
+                         if "of_ceiling" in e else ".")]
     steal = [result.get("cpu_steal_table")] + list((e or {}).get("cpu_steal_per_round", []))
     if any(s is not None for s in steal):
         rounds = ", ".join("?" if s is None else f"{100 * s:.0f}" for s in steal[1:])

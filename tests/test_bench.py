@@ -102,6 +102,8 @@ def test_run_bench_rows_table_and_files(dga_bundle, tmp_path):
     assert len(rounds["decode_one_worker"]) == 2 and e2e["decode_one_worker_images_per_s"] > 0
     assert 0 < e2e["shared_core_ceiling"] <= 1 and len(e2e["round_ceilings"]) == 2
     assert e2e["decode_cpu_ms_per_image"] > 0
+    (c0, c1) = e2e["round_ceilings"]  # the median of two rounds' ratio / ceiling is their mean
+    assert e2e["of_ceiling"] == pytest.approx((paired[0] / c0 + paired[1] / c1) / 2)
     assert set(e2e["cores_busy"]) == {"model_only", "end_to_end_auto", "end_to_end_normal", "decode_one_worker"}
     assert all(0 < v <= e2e["cores"] * 1.05 for v in e2e["cores_busy"].values())  # process CPU time / wall
     lim = result["limit"]
