@@ -29,6 +29,13 @@ def time_call(fn: Callable[[], object], warmup: int = 2, repeat: int = 5, min_ti
     return {"median_s": statistics.median(times), "p90_s": times[int(0.9 * (len(times) - 1))], "calls": len(times)}
 
 
+def wall_and_cpu(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """One call: (fn(), wall seconds, CPU seconds of the whole process: every thread, the model's too)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def cpu_jiffies(stat_path: str = "/proc/stat") -> tuple[int, int] | None:
     """(steal, total) CPU time of all cores since boot from Linux's /proc/stat; None where it is absent.
 

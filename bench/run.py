@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dga.bench.measure import StealMeter, machine, peak_rss_mb, time_call
+from dga.bench.measure import StealMeter, machine, peak_rss_mb, time_call, wall_and_cpu
 from dga.bench.reference import PerViewLoop
 from dga.fsutil import atomic_write
 from dga.runtime.pipeline import decoded_batches, default_workers
@@ -132,13 +131,6 @@ def shared_core_ceiling(model_wall_s: float, model_cpu_s: float, decode_cpu_s: f
     """
     best_wall_s = max(model_wall_s, (model_cpu_s + decode_cpu_s) / cores)
     return model_wall_s / best_wall_s
-
-
-def _timed(fn) -> tuple[object, float, float]:
-    """(fn(), wall seconds, CPU seconds of the whole process: every thread, the model's included)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None = None, log=print) -> dict:
@@ -265,15 +257,17 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
         return sum(len(b.images) for b in decoded_batches(paths, s0, opts.e2e_batch, workers=1))
 
     passes = {"model_only": model_only, **{f"end_to_end_{k}": lambda k=k: end_to_end(k) for k in predictors}}
-    runs: dict[str, list[float]] = {k: [] for k in [*passes, "decode_one_worker"]}
+    order = list(passes)  # rotated each round; decode alone always comes last
+    passes["decode_one_worker"] = decode_alone
+    runs: dict[str, list[float]] = {k: [] for k in passes}
     cores_busy: dict[str, list[float]] = {k: [] for k in runs}
-    ceilings, decode_cpu_ms, order, steal = [], [], list(passes), []
+    ceilings, decode_cpu_ms, steal = [], [], []
     cores = os.cpu_count() or 1
     for r in range(opts.e2e_rounds):
         meter = StealMeter().start()
         per_image = {}  # key -> (wall s, CPU s) per image in this round
         for key in [*order[r % len(order):], *order[:r % len(order)], "decode_one_worker"]:
-            n, wall, cpu = _timed(passes.get(key, decode_alone))
+            n, wall, cpu = wall_and_cpu(passes[key])
             runs[key].append(n / wall)
             cores_busy[key].append(cpu / wall)
             per_image[key] = (wall / n, cpu / n)
