@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: user errors become one line on stderr and exit code 2."""
+"""Shared CLI plumbing: user errors (and a missing install extra) become one line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -9,6 +9,23 @@ from collections.abc import Callable
 import typer
 
 from dga.errors import EXIT_USER_ERROR, DgaError
+
+# Top-level modules of the optional install profiles (pyproject.toml) -> the extra that brings them.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "open_clip", "safetensors", "scipy", "sklearn", "matplotlib", "onnx",
+                     "onnxscript"), "train"),
+    "tensorrt": "tensorrt",
+    "mkdocs": "docs",
+}
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """The one-sentence advice for a module of an uninstalled extra, or None for any other import error."""
+    root = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(root)
+    if extra is None or not isinstance(exc, ModuleNotFoundError):
+        return None
+    return f"this command needs {root}, which comes with the [{extra}] extra: pip install 'dga[{extra}]'"
 
 
 def run_app(app: typer.Typer, prog_name: str | None = None) -> None:
@@ -23,6 +40,12 @@ def run_app(app: typer.Typer, prog_name: str | None = None) -> None:
         sys.exit(EXIT_USER_ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        advice = missing_extra(exc)
+        if advice is None:
+            raise
+        typer.echo(f"error: {prog}: {advice}", err=True)
+        sys.exit(EXIT_USER_ERROR)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)

@@ -12,8 +12,8 @@ import numpy as np
 
 from dga.errors import DataError
 from dga.export.deploy_module import DeployModule
-from dga.export.ort_child import make_session
 from dga.export.verify import run_in_child, torch_logits
+from dga.runtime.ort_child import make_session
 
 
 def labelled_images(data: Path, split: str, classnames: list[str], s0: int, limit: int | None = None):

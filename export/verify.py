@@ -1,8 +1,8 @@
 """Self-check of an exported package: ONNX checker, then ONNX Runtime vs the torch module.
 
-Comparators are first-class (Polygraphy-style): ``compare`` takes two logit arrays and returns
-the numbers; ``verify_package`` runs the runners and applies the tolerances of DESIGN.md 5:
-fp32 max |logit difference| <= 1e-3 and 100 % top-1 agreement; fp16 >= 99.5 % top-1.
+The comparator and its tolerances are the runtime's (``dga.runtime.compare``: fp32 max |logit
+difference| <= 1e-3 and 100 % top-1 agreement; fp16 >= 99.5 % top-1), so the export host and a
+deployment host (dga-verify) judge by the same rules.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import onnx
 import torch
 
 from dga.export.deploy_module import DeployModule
-from dga.export.ort_child import make_session
-
-FP32_ATOL = 1e-3
-FP16_TOP1 = 99.5
+from dga.runtime.compare import judge
+from dga.runtime.ort_child import make_session
+from dga.runtime.package import ONNX_FILES
 
 
 @dataclass
@@ -33,17 +32,7 @@ class Check:
     near_ties: int  # disagreements where the reference's top-2 margin is below the tolerance
     passed: bool
     note: str = ""
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray, atol: float) -> tuple[float, float, int]:
-    """(max |difference|, top-1 agreement %, disagreements that are near-ties of the reference)."""
-    diff = float(np.abs(reference.astype(np.float64) - candidate.astype(np.float64)).max()) if reference.size else 0.0
-    ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
-    agree = 100.0 * float((ref_top == cand_top).mean()) if len(ref_top) else 100.0
-    top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.zeros((len(reference), 2))
-    margin = top2[:, 1] - top2[:, 0]
-    ties = int(((ref_top != cand_top) & (margin <= 2 * atol)).sum())
-    return diff, agree, ties
+    ran: bool = True  # False: the runner could not run here; reported as not run, never as passed
 
 
 def torch_logits(module: DeployModule, images: np.ndarray) -> np.ndarray:
@@ -56,8 +45,8 @@ def run_in_child(onnx_path: Path, images: np.ndarray, level: str) -> tuple[np.nd
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.npy", Path(tmp) / "out.npy"
         np.save(inp, images)
-        proc = subprocess.run([sys.executable, "-m", "dga.export.ort_child", str(onnx_path), str(inp), str(out), level],
-                              capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "dga.runtime.ort_child", str(onnx_path), str(inp), str(out), level]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             return None, f"onnxruntime could not run it ({tail})"
@@ -71,7 +60,7 @@ def verify_package(package: Path, reference: DeployModule, images: np.ndarray, b
     largest = max(batches)
     refs = {batch: torch_logits(reference, images[:batch]) for batch in batches}  # once, for all precisions
     for precision in precisions:
-        path = package / ("model.onnx" if precision == "fp32" else "model.fp16.onnx")
+        path = package / ONNX_FILES[precision]
         onnx.checker.check_model(str(path))
         session = make_session(str(path), "all") if precision == "fp32" else None
         for batch in batches:
@@ -82,20 +71,16 @@ def verify_package(package: Path, reference: DeployModule, images: np.ndarray, b
             else:
                 got, note = run_in_child(path, x, "extended")
                 if got is None:
-                    checks.append(Check(precision, batch, float("nan"), float("nan"), 0, True, note + "; not verified"))
+                    checks.append(Check(precision, batch, float("nan"), float("nan"), 0, False, note, ran=False))
                     continue
-            diff, agree, ties = compare(ref, got, FP32_ATOL)
-            if precision == "fp32":
-                passed = diff <= FP32_ATOL and (agree == 100.0 or ties == (ref.argmax(1) != got.argmax(1)).sum())
-            elif batch == largest:
-                # Judged on the largest (superset) batch of images. As for fp32, a flip where the
-                # reference's top-2 logits are a near-tie is not a precision error: with 64 images,
-                # 99.5 % would otherwise mean that a single near-tie fails the export.
-                passed = agree + 100.0 * ties / len(ref) >= FP16_TOP1
-                if ties:
-                    note = f"{ties} near-tie flip(s) not counted"
-            else:
+            result = judge(ref, got, precision)
+            diff, agree, ties, passed = result.max_abs_diff, result.top1_agreement, result.near_ties, result.passed
+            if precision != "fp32" and batch != largest:
+                # fp16 is judged on the largest (superset) batch of images only: with few images one
+                # flip would be several percent.
                 passed, note = True, "informational; judged at the largest batch"
+            elif ties:
+                note = f"{ties} near-tie flip(s) not counted"
             checks.append(Check(precision, batch, diff, agree, ties, bool(passed), note))
     return checks
 
@@ -103,7 +88,7 @@ def verify_package(package: Path, reference: DeployModule, images: np.ndarray, b
 def report_table(checks: list[Check]) -> str:
     lines = ["precision  batch  max|dlogit|  top-1 agree  result", "---------  -----  -----------  -----------  ------"]
     for c in checks:
-        result = "ok" if c.passed else "FAIL"
+        result = "NOT RUN" if not c.ran else "ok" if c.passed else "FAIL"
         if c.note:
             result += f" ({c.note})"
         lines.append(f"{c.precision:<9}  {c.batch:>5}  {c.max_abs_diff:>11.3g}  {c.top1_agreement:>10.2f}%  {result}")

@@ -1,17 +1,21 @@
 """Runtime: what a deployment installs (numpy, pillow, onnxruntime or tensorrt; no training code).
 
-``Predictor`` is the embeddable entry point; it is imported lazily so that ``import dga.runtime``
-stays light.
+``Predictor`` is the embeddable entry point and ``verify`` checks a package on this host; both are
+imported lazily so that ``import dga.runtime`` stays light.
 """
 
 from __future__ import annotations
 
-__all__ = ["Predictor", "Predictions", "Result"]
+__all__ = ["Predictor", "Predictions", "Result", "verify", "VerifyReport"]
 
 
 def __getattr__(name: str):
-    if name in __all__:
+    if name in ("Predictor", "Predictions", "Result"):
         from dga.runtime import predictor
 
         return getattr(predictor, name)
+    if name in ("verify", "VerifyReport"):
+        from dga.runtime import verifier
+
+        return getattr(verifier, name)
     raise AttributeError(name)

@@ -1,4 +1,18 @@
-"""Reading a deployment package (``run.deploy/``) written by dga-export; numpy/stdlib only."""
+"""The deployment package format (``run.deploy/``): the one definition, numpy/stdlib only.
+
+The exporter writes it (``write_manifest``), the runtime and the verifier read it
+(``DeployPackage.load``). A package is a directory:
+
+    deploy.json          the manifest below; every other file is listed in it with its sha256
+    model.onnx           fp32 graph: uint8 images [B, S0, S0, 3] -> logits, probs float32 [B, C]
+    model.fp16.onnx      the same graph with the encoder in fp16 (optional)
+    model*.onnx.data     ONNX external data of a graph over protobuf's 2 GB limit (only then)
+    reference.npz        golden outputs: uint8 ``images`` [N, S0, S0, 3] and the trained torch
+                         module's fp32 ``logits`` and ``probs`` [N, C] for them
+    engines/             TensorRT plans with their own JSON sidecars (engine_key.py), added later
+
+Changing the format means changing this module and ``VERSION``; readers refuse other versions.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +20,80 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dga.errors import PackageError
 from dga.runtime.engine_key import file_sha256
 
 FORMAT = "dga-deploy"
-VERSION = 1
+VERSION = 2  # 2: golden outputs (reference.npz), external data, every file hashed
+MANIFEST = "deploy.json"
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+REFERENCE_FILE = "reference.npz"
+REFERENCE_ARRAYS = ("images", "logits", "probs")
+REFERENCE_IMAGES = 16  # golden inputs stored at export
+ENGINES_DIR = "engines"
+
+# Tolerances of a deployed runner against the trained torch module (DESIGN.md 5), recorded in
+# each manifest so that a verifier applies the ones the package was exported with.
+FP32_MAX_ABS_LOGIT = 1e-3  # and 100 % top-1 agreement
+FP16_TOP1_PERCENT = 99.5
+NEAR_TIE = 2e-3  # a top-1 flip where the reference's top-2 logits are this close is not counted
+
+# key -> JSON type(s) of its value; a manifest lacking one or holding another type is refused.
+SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "format": str, "version": int, "method": str, "classnames": list, "s0": int,
+    "input": dict, "outputs": list, "batch": dict, "files": dict, "precisions": list,
+    "reference": dict, "views": list, "preprocess": dict, "hierarchy": (dict, type(None)),
+}
+
+
+def external_data_name(onnx_name: str) -> str:
+    """The ONNX external-data file written beside a graph too large for one protobuf."""
+    return onnx_name + ".data"
+
+
+def file_record(path: Path) -> dict:
+    return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+
+def write_manifest(directory: Path, facts: dict, files: list[str]) -> Path:
+    """Hash ``files`` (names inside ``directory``) into ``facts`` and write deploy.json there.
+
+    Callers build the package in a temporary directory and rename it into place (export/package.py).
+    """
+    facts = {"format": FORMAT, "version": VERSION, **facts,
+             "files": {name: file_record(directory / name) for name in files}}
+    validate(facts, directory / MANIFEST)
+    path = directory / MANIFEST
+    path.write_text(json.dumps(facts, indent=1))
+    return path
+
+
+def validate(facts: object, where: Path) -> dict:
+    if not isinstance(facts, dict) or facts.get("format") != FORMAT:
+        raise PackageError(f"{where} is not a dga deployment manifest (format {FORMAT!r} expected)")
+    if facts.get("version") != VERSION:
+        raise PackageError(f"{where.parent} is package version {facts.get('version')}; this dga reads version "
+                           f"{VERSION}: export it again with this dga")
+    for key, kind in SCHEMA.items():
+        if key not in facts:
+            raise PackageError(f"{where} lacks '{key}': export the package again")
+        if not isinstance(facts[key], kind) or (kind is int and isinstance(facts[key], bool)):
+            raise PackageError(f"{where}: '{key}' has the wrong type: export the package again")
+    if facts["reference"].get("file") not in facts["files"]:
+        raise PackageError(f"{where}: the golden outputs are not among its files: export the package again")
+    return facts
+
+
+@dataclass
+class Reference:
+    """Golden inputs and the trained module's outputs for them, as stored at export."""
+
+    images: np.ndarray  # uint8 [N, S0, S0, 3]
+    logits: np.ndarray  # float32 [N, C]
+    probs: np.ndarray  # float32 [N, C]
+    source: str  # "given" (from --verify-images) or "generated"
 
 
 @dataclass
@@ -21,24 +103,19 @@ class DeployPackage:
 
     @classmethod
     def load(cls, path: str | Path) -> DeployPackage:
+        """Read and validate deploy.json; files are hashed when used (``onnx_path``) or all at once
+        (``check_files``)."""
         path = Path(path)
-        meta = path / "deploy.json"
+        meta = path / MANIFEST
         if not meta.is_file():
-            raise PackageError(f"no deployment package at {path}: expected deploy.json (made by dga-export)")
+            raise PackageError(f"no deployment package at {path}: expected {MANIFEST} (made by dga-export)")
         try:
             facts = json.loads(meta.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PackageError(f"{meta} is not valid JSON ({exc}): export the package again") from exc
-        if not isinstance(facts, dict) or facts.get("format") != FORMAT:
-            raise PackageError(f"{meta} is not a dga deployment manifest")
-        if facts.get("version") != VERSION:
-            raise PackageError(f"{path} is package version {facts.get('version')}; this dga reads {VERSION}: "
-                               f"export it again with this dga")
-        for key in ("classnames", "s0", "input", "outputs", "files"):
-            if key not in facts:
-                raise PackageError(f"{meta} lacks '{key}': export the package again")
-        return cls(path, facts)
+        return cls(path, validate(facts, meta))
 
+    # -- facts ---------------------------------------------------------------------------------
     @property
     def classnames(self) -> list[str]:
         return self.facts["classnames"]
@@ -52,28 +129,24 @@ class DeployPackage:
         return self.facts["input"]["name"]
 
     @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.facts["outputs"]]
+
+    @property
     def max_batch(self) -> int:
-        return int(self.facts.get("batch", {}).get("max", 256))
+        return int(self.facts["batch"].get("max", 256))
 
     @property
     def hierarchy(self) -> dict | None:
         return self.facts.get("hierarchy")
 
+    @property
+    def tolerances(self) -> dict:
+        return self.facts["reference"].get("tolerances") or {
+            "fp32_max_abs_logit": FP32_MAX_ABS_LOGIT, "fp16_top1_percent": FP16_TOP1_PERCENT, "near_tie": NEAR_TIE}
+
     def precisions(self) -> list[str]:
         return [p for p, name in ONNX_FILES.items() if name in self.facts["files"]]
-
-    def onnx_path(self, precision: str, check_hash: bool = True) -> Path:
-        """The ONNX file of a precision, checked against the sha256 recorded at export."""
-        name = ONNX_FILES.get(precision)
-        if name is None or name not in self.facts["files"]:
-            raise PackageError(f"{self.path} has no {precision} graph (it has {', '.join(self.precisions())})")
-        file = self.path / name
-        if not file.is_file():
-            raise PackageError(f"{file} is missing: copy the whole package directory")
-        if check_hash and file_sha256(file) != self.facts["files"][name]["sha256"]:
-            raise PackageError(f"{file} does not match the sha256 in deploy.json (truncated or modified): "
-                               f"export the package again")
-        return file
 
     def level_names(self) -> list[str]:
         h = self.hierarchy
@@ -83,3 +156,47 @@ class DeployPackage:
         """Super-class (group index) of a class at each hierarchy level, finest first."""
         h = self.hierarchy
         return [parents[class_index] for parents in h["parents"]] if h else []
+
+    # -- files ---------------------------------------------------------------------------------
+    def checked_file(self, name: str, check_hash: bool = True) -> Path:
+        """A file of the package, present and matching the sha256 recorded at export."""
+        record = self.facts["files"].get(name)
+        if record is None:
+            raise PackageError(f"{self.path} has no file {name} in its {MANIFEST}")
+        file = self.path / name
+        if not file.is_file():
+            raise PackageError(f"{file} is missing: copy the whole package directory")
+        if check_hash and (file.stat().st_size != record.get("bytes") or file_sha256(file) != record.get("sha256")):
+            raise PackageError(f"{file} does not match the sha256 in {MANIFEST} (truncated or modified): "
+                               f"export the package again")
+        return file
+
+    def check_files(self) -> list[str]:
+        """Hash every file the manifest lists; the first that is missing or altered is refused."""
+        for name in self.facts["files"]:
+            self.checked_file(name)
+        return list(self.facts["files"])
+
+    def onnx_path(self, precision: str, check_hash: bool = True) -> Path:
+        """The ONNX file of a precision (and its external data, if any), checked against deploy.json."""
+        name = ONNX_FILES.get(precision)
+        if name is None or name not in self.facts["files"]:
+            raise PackageError(f"{self.path} has no {precision} graph (it has {', '.join(self.precisions())})")
+        data = external_data_name(name)
+        if data in self.facts["files"]:
+            self.checked_file(data, check_hash)
+        return self.checked_file(name, check_hash)
+
+    def reference(self, check_hash: bool = True) -> Reference:
+        ref = self.facts["reference"]
+        file = self.checked_file(ref["file"], check_hash)
+        try:
+            with np.load(file, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in REFERENCE_ARRAYS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise PackageError(f"{file} is not a golden-output file ({exc}): export the package again") from exc
+        n, c = len(arrays["images"]), len(self.classnames)
+        if (arrays["images"].dtype != np.uint8 or arrays["images"].shape != (n, self.s0, self.s0, 3)
+                or arrays["logits"].shape != (n, c) or arrays["probs"].shape != (n, c)):
+            raise PackageError(f"{file} holds arrays of the wrong shape for this package: export it again")
+        return Reference(arrays["images"], arrays["logits"], arrays["probs"], ref.get("source", "unknown"))

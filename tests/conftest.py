@@ -61,3 +61,15 @@ def make_random_bundle(backbone, shapes_data, method: str, out, seed: int, **met
             prm = torch.rand(model.head.prm.shape, generator=g) + 0.05
             model.head.prm.copy_(prm / prm.sum(dim=1, keepdim=True))
     return save_bundle(out, model, cfg, classnames, training={})
+
+
+@pytest.fixture(scope="session")
+def tiny_package(backbone, shapes_data, tmp_path_factory):
+    """A DGA deployment package (fp32 + fp16, max batch 8) exported from an untrained bundle."""
+    from dga.export.package import ExportOptions, export_package
+
+    base = tmp_path_factory.mktemp("tiny_package")
+    bundle = make_random_bundle(backbone, shapes_data, "dga", base / "m.dga", 2024)
+    opts = ExportOptions(max_batch=8, opt_batch=8, verify_batches=[1, 7])
+    path, _ = export_package(bundle, base / "m.deploy", opts, log=lambda _line: None)
+    return path

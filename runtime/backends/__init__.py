@@ -6,12 +6,18 @@ Each runner takes uint8 images [B, S0, S0, 3] (B <= its max batch) and returns
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Protocol
 
 import numpy as np
 
 from dga.errors import PackageError
 from dga.runtime.package import DeployPackage
+
+
+def tensorrt_importable() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -27,16 +33,21 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-def cuda_available() -> bool:
-    """Whether a CUDA GPU is usable (torch if installed, else ONNX Runtime's providers)."""
+def onnxruntime_gpu() -> bool:
+    """Whether this onnxruntime build offers a GPU provider (asks ONNX Runtime, never torch: probing
+    through torch would load the training stack into a runtime-only process)."""
+    import onnxruntime as ort
+
+    return any(p in ort.get_available_providers() for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+
+
+def torch_cuda() -> bool:
+    """Whether torch sees a CUDA GPU; only for the backends that run on torch anyway."""
     try:
         import torch
-
-        return bool(torch.cuda.is_available())
     except ImportError:
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" in ort.get_available_providers()
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def default_precision(package: DeployPackage, on_gpu: bool) -> str:
@@ -48,27 +59,24 @@ def open_runner(package: DeployPackage, backend: str = "auto", precision: str = 
                 threads: int | None = None) -> Runner:
     if backend not in BACKENDS:
         raise PackageError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
-    on_gpu = cuda_available()
-    if precision == "auto":
-        precision = default_precision(package, on_gpu)
-    if backend == "auto":
-        if on_gpu:
-            from dga.runtime.backends.tensorrt import TensorRTRunner, tensorrt_importable
+    if backend == "auto" and tensorrt_importable():
+        from dga.runtime.backends.tensorrt import TensorRTRunner
 
-            if tensorrt_importable():
-                try:
-                    return TensorRTRunner(package, precision, device)
-                except PackageError:
-                    pass  # no engine for this GPU yet: fall back to ONNX Runtime below
-        backend = "onnxruntime"
+        try:
+            return TensorRTRunner(package, default_precision(package, True) if precision == "auto" else precision,
+                                  device)
+        except PackageError:
+            pass  # no GPU, or no engine for this GPU yet: fall back to ONNX Runtime below
     if backend == "tensorrt":
         from dga.runtime.backends.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(package, precision, device)
+        return TensorRTRunner(package, default_precision(package, True) if precision == "auto" else precision, device)
     if backend == "torch":
         from dga.runtime.backends.torch_ref import TorchRunner
 
-        return TorchRunner(package, device="cuda" if on_gpu else "cpu")
+        return TorchRunner(package, device="cuda" if torch_cuda() else "cpu")
     from dga.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
+    if precision == "auto":
+        precision = default_precision(package, onnxruntime_gpu())
     return OnnxRuntimeRunner(package, precision, device, threads=threads)

@@ -8,12 +8,12 @@ NOT run in the build environment (no TensorRT, no GPU): the engine lookup is tes
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
 
 from dga.errors import PackageError
+from dga.runtime.backends import tensorrt_importable
 from dga.runtime.engine_key import (
     EngineKey,
     EngineSpecError,
@@ -24,10 +24,6 @@ from dga.runtime.engine_key import (
     read_sidecar,
 )
 from dga.runtime.package import ONNX_FILES, DeployPackage
-
-
-def tensorrt_importable() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
 
 
 def find_engine(package: DeployPackage, precision: str, trt_version: str, gpu_name: str,
@@ -64,8 +60,12 @@ class TensorRTRunner:
         if not tensorrt_importable():
             raise PackageError("TensorRT is not installed: pip install tensorrt (needs an NVIDIA GPU), "
                                "or use --backend onnxruntime")
+        try:
+            import torch  # CUDA buffers and stream
+        except ImportError as exc:
+            raise PackageError("the tensorrt backend needs torch for its CUDA buffers: pip install torch, "
+                               "or use --backend onnxruntime") from exc
         import tensorrt as trt
-        import torch
 
         if not torch.cuda.is_available():
             raise PackageError("the tensorrt backend needs a CUDA GPU; use --backend onnxruntime")

@@ -1,4 +1,4 @@
-"""Run an ONNX graph with ONNX Runtime in a child process: ``python -m dga.export.ort_child``.
+"""Run an ONNX graph with ONNX Runtime in a child process: ``python -m dga.runtime.ort_child``.
 
 ONNX Runtime 1.32 on the CPU can crash the whole process (segfault) on a valid fp16 graph at
 its default optimisation level; running it here keeps a crash from killing the exporter.
