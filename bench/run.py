@@ -134,6 +134,13 @@ def shared_core_ceiling(model_wall_s: float, model_cpu_s: float, decode_cpu_s: f
 
 
 def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None = None, log=print) -> dict:
+    """Time every configuration side by side; the exported package and JPEG folder live in a temporary
+    directory that is removed afterwards, however the run ends."""
+    with tempfile.TemporaryDirectory(prefix="dga-bench-") as tmp:
+        return _run_bench(bundle_path, opts, package_path, log, Path(tmp))
+
+
+def _run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None, log, tmp: Path) -> dict:
     from dga.export.deploy_module import DeployModule
     from dga.export.package import ExportOptions, export_package
     from dga.runtime.backends.onnxruntime import OnnxRuntimeRunner
@@ -145,7 +152,6 @@ def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None =
     bundle = load_bundle(bundle_path, device)
     model = bundle.model.eval()
     s0, views = bundle.cfg["s0"], model.stack.num_views
-    tmp = Path(tempfile.mkdtemp(prefix="dga-bench-"))
     if package_path is None:
         package_path = tmp / "bench.deploy"
         max_b = max(max(opts.batch_sizes), opts.e2e_batch)
@@ -380,3 +386,15 @@ def write_results(result: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     atomic_write(js, json.dumps(result, indent=1))
     atomic_write(md, markdown(result))
     return js, md
+
+
+def default_name(result: dict) -> str:
+    """File stem when none is given: bench-<method>-<gpu|cpu>."""
+    return f"bench-{result['method']}-{'gpu' if result['machine'].get('gpu') else 'cpu'}"
+
+
+def bench_to_files(bundle_path: Path, opts: BenchOptions, out_dir: Path, name: str | None = None,
+                   package_path: Path | None = None, log=print) -> tuple[Path, Path]:
+    """dga-bench: ``run_bench`` then ``write_results`` (NAME.json and NAME.md side by side in ``out_dir``)."""
+    result = run_bench(bundle_path, opts, package_path, log=log)
+    return write_results(result, out_dir, name or default_name(result))

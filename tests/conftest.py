@@ -12,6 +12,22 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 TINY = "dga-test-vit-p32"  # registered by dga.train.backbone from train/model_configs/
 
 
+def _temp_entries() -> set[str]:
+    import tempfile
+    from pathlib import Path
+
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("dga-", "tmp"))}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_temporary_leftovers():
+    """The code under test (exporter, verifier, bench, ...) removes every temporary folder it made."""
+    before = _temp_entries()
+    yield
+    left = sorted(_temp_entries() - before)
+    assert not left, f"temporary entries left behind in the temp dir: {left[:10]}"
+
+
 @pytest.fixture(scope="session")
 def backbone():
     from dga.train.backbone import load_backbone
