@@ -123,12 +123,14 @@ def test_infer_and_verify_commands_without_torch(env, tiny_package, photos, tmp_
     assert "required (--require tensorrt) but skipped: tensorrt not installed" in required.stdout
 
 
-@pytest.mark.parametrize("command", ["dga-train", "dga-export", "dga-demo", "dga-bench"])
+@pytest.mark.parametrize("command", ["dga-train", "dga-eval", "dga-export", "dga-demo", "dga-bench", "dga-compare"])
 def test_training_commands_name_the_extra(command, env, tmp_path):
     args = {"dga-train": [str(tmp_path), "--out", str(tmp_path / "x.dga")],
             "dga-export": ["--ckpt", str(tmp_path), "--out", str(tmp_path / "x.deploy")],
             "dga-demo": ["--out", str(tmp_path / "demo")],
-            "dga-bench": ["--ckpt", str(tmp_path), "--out", str(tmp_path / "bench")]}[command]
+            "dga-bench": ["--ckpt", str(tmp_path), "--out", str(tmp_path / "bench")],
+            "dga-eval": [str(tmp_path / "x.dga"), str(tmp_path)],
+            "dga-compare": ["--out", str(tmp_path / "cmp"), "--rows", "zero-shot", "--seeds", "1"]}[command]
     proc = _run([str(BIN / command), *args], env)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
