@@ -32,15 +32,13 @@ def bench(
     device: str = typer.Option("auto", help="auto | cpu | cuda (torch runs)."),
 ) -> None:
     """Benchmark a bundle: reference loop, fused torch and ONNX, end-to-end, physical limit."""
-    from dga.bench.run import BenchOptions, run_bench, write_results
+    from dga.bench.run import BenchOptions, bench_to_files
 
     opts = BenchOptions(batch_sizes=[int(b) for b in batch_sizes.split(",")], backends=backends.split(","),
                         precisions=precisions.split(","), repeat=repeat, rounds=rounds, min_time_s=min_time,
                         e2e_images=e2e_images, e2e_batch=e2e_batch, e2e_rounds=e2e_rounds, workers=workers,
                         device=device)
-    result = run_bench(ckpt, opts, package, log=typer.echo)
-    stem = name or f"bench-{result['method']}-{'gpu' if result['machine'].get('gpu') else 'cpu'}"
-    js, md = write_results(result, out, stem)
+    js, md = bench_to_files(ckpt, opts, out, name, package, log=typer.echo)
     typer.echo(f"wrote {js} and {md}")
 
 

@@ -28,37 +28,12 @@ def evaluate(
     json_out: Path = typer.Option(None, "--json", help="Also write the full report (confusion matrix...) here."),
 ) -> None:
     """Report accuracy, per-class accuracy and, for DGA, accuracy at each hierarchy level."""
-    from dga.errors import DataError
-    from dga.train.bundle import load_bundle
-    from dga.train.data.coop import load_dataset
-    from dga.train.data.images import eval_transform
-    from dga.train.evaluate import accuracy_report, predict
-    from dga.train.trainer import make_loader, resolve_device
+    from dga.train.evaluate import evaluate_bundle, report_lines
 
-    dev = resolve_device(device)
-    b = load_bundle(bundle, dev)
-    splits = load_dataset(data, dataset, val_fraction, test_fraction, seed=0)
-    if splits.classnames != b.classnames:
-        raise DataError(f"{data} has classes {splits.classnames[:3]}..., the bundle was trained on "
-                        f"{b.classnames[:3]}...: evaluate on the dataset the bundle was trained for")
-    if split not in ("train", "val", "test"):
-        raise DataError(f"--split {split!r} must be train, val or test")
-    items = splits.split(split)
-    if not items:
-        raise DataError(f"{data} has no {split} images")
-    loader = make_loader(items, eval_transform(b.cfg["s0"]), batch_size, False, 0, workers)
-    res = predict(b.model, loader, dev)
-    parents = (b.manifest.get("hierarchy") or {}).get("parents")
-    report = accuracy_report(res["logits"], res["labels"], b.classnames, res["level_logits"], parents)
-    report.update({"bundle": str(bundle), "split": split, "method": b.manifest["method"]["name"]})
-    typer.echo(f"{report['method']} on {split} ({report['samples']} images): accuracy {report['accuracy']:.2f}%")
-    per = [(v, k) for k, v in report["per_class_accuracy"].items() if v is not None]
-    if per:
-        worst = sorted(per)[:3]
-        typer.echo("  lowest classes: " + ", ".join(f"{k} {v:.1f}%" for v, k in worst))
-    for lv in report.get("hierarchy", []):
-        typer.echo(f"  level {lv['level']} ({lv['groups']} groups): level head {lv['level_head_accuracy']:.2f}%, "
-                   f"implied by final prediction {lv['implied_accuracy']:.2f}%")
+    report = evaluate_bundle(bundle, data, split, dataset=dataset, val_fraction=val_fraction,
+                             test_fraction=test_fraction, batch_size=batch_size, device=device, workers=workers)
+    for line in report_lines(report):
+        typer.echo(line)
     if json_out:
         from dga.fsutil import atomic_write
 

@@ -36,7 +36,8 @@ def export(
 ) -> None:
     """Export a bundle to a deployment package and check that it reproduces the trained model."""
     from dga.errors import ConfigError
-    from dga.export.package import ExportOptions, export_package
+    from dga.export.package import ExportOptions
+    from dga.export.workflow import export_bundle
 
     try:
         batches = [int(b) for b in verify_batches.split(",")]
@@ -45,37 +46,8 @@ def export(
     opts = ExportOptions(precision=precision, max_batch=max_batch, opt_batch=opt_batch, verify=verify,
                          verify_batches=batches, views=views, opset=opset, eval_data=eval_data,
                          eval_split=eval_split)
-    if verify_images is not None:
-        opts.verify_images = load_folder_images(verify_images, ckpt)
-    path, _ = export_package(ckpt, out, opts, log=typer.echo)
-    typer.echo(f"wrote {path}")
-    if engine:
-        from dga.export.tensorrt_build import build_engine
-        from dga.runtime.engine_key import choose_profile
-
-        onnx_file = path / ("model.fp16.onnx" if precision == "fp16" else "model.onnx")
-        # Without TensorRT or a GPU this raises one EngineError sentence; the package above stays.
-        plan = build_engine(onnx_file, path, choose_profile(max_batch, opt_batch), precision, workspace_gib)
-        typer.echo(f"engine {plan}")
-
-
-def load_folder_images(folder: Path, ckpt: Path):
-    """Decode up to 256 images of a folder with the deployed preprocessing (uint8 [N, S0, S0, 3])."""
-    import numpy as np
-
-    from dga.errors import DataError
-    from dga.runtime.preprocess import eval_image
-    from dga.train.bundle import read_manifest
-    from dga.train.data.imagefolder import list_images
-    from dga.train.data.images import open_rgb
-
-    s0 = read_manifest(ckpt)["input"]["s0"]
-    if not folder.is_dir():
-        raise DataError(f"--verify-images {folder} is not a folder of images")
-    paths = list_images(folder)[:256]
-    if not paths:
-        raise DataError(f"--verify-images {folder} holds no images")
-    return np.stack([eval_image(open_rgb(p), s0) for p in paths])
+    export_bundle(ckpt, out, opts, verify_images=verify_images, engine=engine, workspace_gib=workspace_gib,
+                  log=typer.echo)
 
 
 app = single_command(export, export.__doc__, EPILOG)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import typer
@@ -47,81 +45,16 @@ def infer(
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar [on a terminal]."),
 ) -> None:
     """Predict every image under INPUTS; write one row per good file and one error per bad file."""
-    from dga.errors import ConfigError
-    from dga.runtime.listing import list_inputs
-    from dga.runtime.predictor import Predictor
-    from dga.runtime.results import ErrorWriter, ResultWriter, Summary
+    from dga.runtime.run_folder import infer_to_files
 
-    fmt = fmt or ("jsonl" if out.suffix.lower() in (".jsonl", ".json") else "csv")
-    if fmt not in ("csv", "jsonl"):
-        raise ConfigError(f"--format {fmt!r} must be csv or jsonl")
-    if batch_size < 1 or topk < 1:
-        raise ConfigError("--batch-size and --topk must be at least 1")
-    if not out.resolve().parent.is_dir():
-        raise ConfigError(f"cannot write {out}: its folder does not exist; create it or choose another --out")
-    errors = errors or out.with_name("errors.jsonl")
-    if gpu_decode:
-        from dga.runtime.gpu_decode import gpu_decode_available
-
-        if not gpu_decode_available():
-            raise ConfigError("--gpu-decode needs torch, torchvision and a CUDA GPU; drop it to decode on the CPU")
-    predictor = Predictor.from_package(model, backend=backend, precision=precision, topk=topk,
-                                       batch_size=batch_size, workers=workers, threads=threads, draft=draft,
-                                       gpu_decode="cuda" if gpu_decode else None, decode_priority=decode_priority)
-    paths = [str(p) for p in list_inputs(inputs)]
-    levels = predictor.package.level_names()
-    writer = ResultWriter(out, fmt=fmt, topk=predictor.topk_k, level_names=levels, resume=resume)
-    err_writer = ErrorWriter(errors, resume=resume)
-    failed_earlier = 0  # files of this listing that a resumed run's earlier part already reported as failed
-    if resume:
-        failed_before = err_writer.done_paths()
-        failed_earlier = sum(1 for p in paths if p in failed_before)
-        done = writer.done_paths() | failed_before
-        paths = [p for p in paths if p not in done]
-    bar = None
-    if progress if progress is not None else sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), unit="img", desc="dga-infer")
-    ok = failed = 0
-    start = time.perf_counter()
-    stopped = False
-    try:
-        for result in predictor.iter_results(paths):
-            if result.ok:
-                writer.write(result.path, [lb for lb, _ in result.topk], [p for _, p in result.topk],
-                             result.levels or None)
-                ok += 1
-            else:
-                err_writer.write(result.path, result.error, result.message)
-                failed += 1
-                if fail_fast:
-                    stopped = True
-                    typer.echo(f"error: {result.path}: {result.message} (--fail-fast)", err=True)
-                    break
-            if (ok + failed) % predictor.batch_size == 0:  # rows reach the disk batch by batch
-                writer.flush()
-                err_writer.flush()
-            if bar is not None:
-                bar.update(1)
-    finally:
-        writer.close()
-        err_writer.close()
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - start
-    info = Summary(ok=ok, failed=failed, wall_s=wall, batch_latencies=predictor.batch_latencies,
-                   backend=predictor.runner.name, batch_size=predictor.batch_size)
-    typer.echo(info.line(), err=True)
-    if summary:
-        import json
-
-        from dga.fsutil import atomic_write
-
-        atomic_write(summary, json.dumps({**info.to_json(), "precision": predictor.runner.precision,
-                                   "out": str(out), "errors": str(errors), "stopped_early": stopped}, indent=1))
-    predictor.close()
-    if failed or failed_earlier:
+    run = infer_to_files(inputs, model, out, errors=errors, fmt=fmt, backend=backend, precision=precision,
+                         batch_size=batch_size, workers=workers, threads=threads, topk=topk, draft=draft,
+                         gpu_decode=gpu_decode, decode_priority=decode_priority, resume=resume,
+                         fail_fast=fail_fast, summary=summary, progress=progress)
+    if run.stopped_early and run.first_error:
+        typer.echo(f"error: {run.first_error[0]}: {run.first_error[1]} (--fail-fast)", err=True)
+    typer.echo(run.summary.line(), err=True)
+    if not run.all_ok:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

@@ -23,3 +23,23 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_or_check_generated(out: Path, text: str, check: bool, regenerate: str) -> int:
+    """A generated page (CLI reference, results tables): write it atomically, or with ``check`` compare
+    it with the committed one and return 1 (with a diff on stderr) when it is stale."""
+    import difflib
+    import sys
+
+    if not check:
+        atomic_write(out, text)
+        print(f"wrote {out}")
+        return 0
+    current = out.read_text(encoding="utf-8") if out.is_file() else ""
+    if current == text:
+        print(f"{out} is current")
+        return 0
+    diff = list(difflib.unified_diff(current.splitlines(), text.splitlines(), str(out), "generated", lineterm=""))
+    print("\n".join(diff[:40]), file=sys.stderr)
+    print(f"{out} is stale: regenerate it with {regenerate}", file=sys.stderr)
+    return 1

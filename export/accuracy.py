@@ -14,13 +14,13 @@ from dga.errors import DataError
 from dga.export.deploy_module import DeployModule
 from dga.export.verify import run_in_child, torch_logits
 from dga.runtime.ort_child import make_session
+from dga.runtime.package import ONNX_FILES
 
 
 def labelled_images(data: Path, split: str, classnames: list[str], s0: int, limit: int | None = None):
-    """uint8 [N, S0, S0, 3] and labels of a dataset split, with the training eval transform."""
-    from dga.runtime.preprocess import eval_image
+    """uint8 [N, S0, S0, 3] and labels of a dataset split, decoded as training's evaluation decodes them."""
+    from dga.export.images import decode_exact
     from dga.train.data.coop import load_dataset
-    from dga.train.data.images import open_rgb
 
     splits = load_dataset(data)
     if splits.classnames != classnames:
@@ -28,7 +28,7 @@ def labelled_images(data: Path, split: str, classnames: list[str], s0: int, limi
     items = splits.split(split)[:limit] if limit else splits.split(split)
     if not items:
         raise DataError(f"{data} has no {split} images to measure accuracy on")
-    images = np.stack([eval_image(open_rgb(p), s0) for p, _ in items])
+    images = decode_exact([p for p, _ in items], s0)
     return images, np.array([y for _, y in items])
 
 
@@ -42,7 +42,7 @@ def accuracy_table(package: Path, reference: DeployModule, images: np.ndarray, l
     chunks = range(0, len(images), batch)
     out = {"torch": acc(np.concatenate([torch_logits(reference, images[i:i + batch]) for i in chunks]))}
     for precision in precisions:
-        path = package / ("model.onnx" if precision == "fp32" else "model.fp16.onnx")
+        path = package / ONNX_FILES[precision]
         if precision == "fp32":
             session = make_session(str(path))
             logits = np.concatenate([session.run(["logits"], {"images": images[i:i + batch]})[0] for i in chunks])

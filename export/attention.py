@@ -4,7 +4,8 @@ torch traces nn.MultiheadAttention through its sequence-first functional form, s
 transposes every [N, L, E] activation to [L, N, E] and back and splits q, k, v with a 5-D
 transpose; on ONNX Runtime's CPU EP those copies cost ~10 % of the run. This module keeps the
 batch-first layout end to end: one in-projection, one head permute, softmax(q k^T / sqrt(d)) v,
-one out-projection, a pattern TensorRT and ONNX Runtime both recognise.
+one out-projection, a pattern TensorRT and ONNX Runtime both recognise. In a half-precision
+encoder the softmax is computed in fp32 (cast in, cast back), as DESIGN.md 5 asks.
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ class ExportAttention(nn.Module):
         n, length, e = x.shape
         d = e // self.heads
         q, k, v = self.in_proj(x).reshape(n, length, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        scores = (q * d**-0.5) @ k.transpose(-1, -2)
+        # The two matmuls run in the encoder's precision; the softmax always runs in fp32 (DESIGN.md 5:
+        # in the fp16 graph this writes Cast nodes around it; in an fp32 module both casts are no-ops).
+        scores = ((q * d**-0.5) @ k.transpose(-1, -2)).float()
         if attn_mask is not None and attn_mask.dtype == torch.bool:  # nn.MultiheadAttention: True = masked
             scores = scores.masked_fill(attn_mask, float("-inf"))
         elif attn_mask is not None:  # a float mask is added
-            scores = scores + attn_mask
-        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(n, length, e)
+            scores = scores + attn_mask.float()
+        weights = torch.softmax(scores, dim=-1).to(v.dtype)
+        out = (weights @ v).transpose(1, 2).reshape(n, length, e)
         out = self.out_proj(out)
         return (out if self.batch_first else out.transpose(0, 1)), None
 

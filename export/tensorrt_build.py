@@ -27,9 +27,9 @@ from dga.runtime.engine_key import (
     Profile,
     atomic_write_bytes,
     check_engine,
-    file_sha256,
     write_sidecar,
 )
+from dga.runtime.package import graph_digest
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def build_engine(
     workspace = workspace_bytes(workspace_gib)
     trt = import_tensorrt()
     gpu_name, capability = gpu_identity()
-    key = EngineKey(file_sha256(onnx_path), str(trt.__version__), gpu_name, capability, profile, precision)
+    key = EngineKey(graph_digest(onnx_path), str(trt.__version__), gpu_name, capability, profile, precision)
     network_flags(trt, precision)  # refuse an unusable TensorRT before touching any file
 
     decision = check_engine(package_dir, key)

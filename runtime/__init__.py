@@ -6,7 +6,7 @@ imported lazily so that ``import dga.runtime`` stays light.
 
 from __future__ import annotations
 
-__all__ = ["Predictor", "Predictions", "Result", "verify", "VerifyReport"]
+__all__ = ["Predictor", "Predictions", "Result", "verify", "VerifyReport", "infer_to_files"]
 
 
 def __getattr__(name: str):
@@ -14,6 +14,10 @@ def __getattr__(name: str):
         from dga.runtime import predictor
 
         return getattr(predictor, name)
+    if name == "infer_to_files":
+        from dga.runtime import run_folder
+
+        return run_folder.infer_to_files
     if name in ("verify", "VerifyReport"):
         from dga.runtime import verifier
 

@@ -53,6 +53,21 @@ def external_data_name(onnx_name: str) -> str:
     return onnx_name + ".data"
 
 
+def graph_digest(onnx_path: Path) -> str:
+    """What identifies a graph (TensorRT engine keys): its file's sha256 or, with external data, the
+    sha256 of both files' digests, so a changed weight in ``.data`` changes the key too."""
+    data = onnx_path.with_name(external_data_name(onnx_path.name))
+    if not data.is_file():
+        return file_sha256(onnx_path)
+    return combined_digest(file_sha256(onnx_path), file_sha256(data))
+
+
+def combined_digest(onnx_sha256: str, data_sha256: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{onnx_sha256}:{data_sha256}".encode()).hexdigest()
+
+
 def file_record(path: Path) -> dict:
     return {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
@@ -170,6 +185,15 @@ class DeployPackage:
             raise PackageError(f"{file} does not match the sha256 in {MANIFEST} (truncated or modified): "
                                f"export the package again")
         return file
+
+    def graph_digest(self, precision: str) -> str | None:
+        """``graph_digest`` of a precision's graph from the hashes in deploy.json (None: no such graph)."""
+        name = ONNX_FILES.get(precision)
+        files = self.facts["files"]
+        if name not in files:
+            return None
+        data = files.get(external_data_name(name))
+        return files[name]["sha256"] if data is None else combined_digest(files[name]["sha256"], data["sha256"])
 
     def check_files(self) -> list[str]:
         """Hash every file the manifest lists; the first that is missing or altered is refused."""

@@ -2,13 +2,26 @@
 
 Resize the shorter side to ``size`` (bicubic with antialiasing, PIL), then centre-crop
 ``size x size``. Geometry and rounding follow torchvision's ``Resize``/``CenterCrop`` so the crop
-is the one CLIP users know. Output is uint8 HWC RGB: what the deployed graph takes.
+is the one CLIP users know. Output is uint8 HWC RGB: what the deployed graph takes. Images are
+opened (EXIF orientation, any mode to RGB) by ``dga.runtime.decode``, the only decoder.
 
 The two steps run as one: PIL resamples only the crop's box of the source image (``resize(box=)``)
-instead of resizing the whole image and throwing the sides away. Same filter, same sampling
-positions; PIL computes the box's filter weights from its float corners, so about 2 % of pixels
-come out 1-2 levels off a resize-then-crop (tested). On the mixed-size photos of the end-to-end
-benchmark this takes about a quarter of the decode CPU time away.
+instead of resizing the whole image and throwing the sides away. Same filter, same crop, same
+sampling positions, but not always the same values as torchvision's resize-then-crop, for two
+reasons: PIL takes the box as 32-bit floats, which moves the filter weights slightly (values 1
+level apart, now and then 2); and Pillow 13 picks the order of its two 1-D passes from the input
+and output sizes, so for a tall image the box may be resampled vertically first where the whole
+image is resampled horizontally first; the first pass is rounded and clipped to 8 bits, so
+where bicubic overshoots (hard edges) a few values come out further apart. Measured
+(bench/results/preprocess-parity.json, docs/preprocessing.md): on photo-like JPEGs of mixed
+sizes 1.7 % of values differ, by 1 level at most (per image from 0 to 19 %); on hard-edged
+graphics 0.2 % differ and 0.01 % by more than 2 levels (up to 16); on square images (the demo's
+benchmark) nothing differs, as the box is then the whole image. The documented tolerance, checked
+by tests/test_preprocess_parity.py: photo-like content within 2 levels everywhere; hard edges
+under 0.5 % of values more than 2 levels off. Training's evaluation, export's checks and the
+runtime all use this very function, so between them the pixels are identical (dga-infer's JPEG
+draft aside, see decode.py). On the mixed-size photos of the end-to-end benchmark resampling only
+the box takes about a quarter of the decode CPU time away.
 """
 
 from __future__ import annotations

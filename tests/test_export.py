@@ -138,6 +138,8 @@ def test_export_matches_trained_model(method, bundles, packages, real_images, sh
             assert c.max_abs_diff <= 1e-3 and c.top1_agreement == 100.0
     for name in ("model.onnx", "model.fp16.onnx", "deploy.json"):
         assert (package / name).is_file()
+    # Tiny graphs keep their weights inline: no ONNX external data companions.
+    assert not list(package.glob("*.data"))
 
     # Independently: ONNX Runtime on the fp32 graph vs the ReprogramModel the bundle rebuilds.
     bundle = load_bundle(bundles[method])
@@ -249,6 +251,17 @@ def test_fp16_graph_precisions(packages):
     final = [n for n in nodes if "probs" in n.output]
     assert len(final) == 1 and final[0].op_type == "Softmax"
     assert types[final[0].input[0]] == F32 and types["probs"] == F32
+    # Every softmax in fp32, the encoder's attention included (DESIGN.md 5): one per block of the
+    # tiny tower (2 layers), reading the fp16 q k^T product through a Cast.
+    softmaxes = [n for n in nodes if n.op_type in ("Softmax", "LogSoftmax")]
+    attention = [n for n in softmaxes if n.name.startswith("/encoder/") and "/attn/" in n.name]
+    assert len(attention) == 2, [n.name for n in softmaxes]
+    for node in softmaxes:
+        assert types[node.input[0]] == F32 and types[node.output[0]] == F32, node.name
+    producers = {o: n for n in nodes for o in n.output}
+    for node in attention:
+        cast = producers[node.input[0]]
+        assert cast.op_type == "Cast" and types[cast.input[0]] == F16, node.name
 
     # ONNX Runtime on the CPU can segfault on fp16 graphs at its default optimisation level, so
     # the fp16 model only runs in a child process. With random weights some images are near-ties
@@ -265,10 +278,21 @@ def test_fp16_graph_precisions(packages):
 
 def test_fusion_scopes_are_named(packages):
     for name in ("model.onnx", "model.fp16.onnx"):
-        dga_names = _node_names(onnx.load(str(packages("dga")[0] / name)))
+        dga_model = onnx.load(str(packages("dga")[0] / name))
+        dga_names = _node_names(dga_model)
         assert any(n.startswith("dga/UPF") for n in dga_names), name
         assert any(n.startswith("dga/HKP") for n in dga_names), name
         assert not any(n.startswith("dga/PRM") for n in dga_names)
+        assert len(set(dga_names)) == len(dga_names), "node names must be unique"
+        # UPF runs once per crop scale (E = 2): dga/UPF and dga/UPF_1, each with its own entropy
+        # (one LogSoftmax over the classes of each crop view).
+        upf_calls = {n.name.split("/")[1] for n in dga_model.graph.node if n.name.startswith("dga/UPF")}
+        assert upf_calls == {"UPF", "UPF_1"}, (name, upf_calls)
+        for call in upf_calls:
+            ops = [n.op_type for n in dga_model.graph.node if n.name.startswith(f"dga/{call}/")]
+            assert ops.count("LogSoftmax") == 1, (name, call, ops)
+        # The encoder's nodes carry their module path (as the precision checks rely on).
+        assert any(n.startswith("/encoder/transformer/resblocks.1/attn/") for n in dga_names), name
         for method in ("dvp-cse", "dvp-cls"):
             dvp = onnx.load(str(packages(method)[0] / name))
             prm = [n for n in dvp.graph.node if n.name.startswith("dga/PRM")]

@@ -70,7 +70,8 @@ print(json.dumps({
 def env(tmp_path_factory) -> dict:
     site = tmp_path_factory.mktemp("block_torch")
     (site / "sitecustomize.py").write_text(textwrap.dedent(SITECUSTOMIZE))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return {**os.environ, "PYTHONPATH": path}
 
 
 @pytest.fixture(scope="module")

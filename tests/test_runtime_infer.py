@@ -359,6 +359,26 @@ def test_predictor_folder_matches_cli(predictor, accept, folder):
         assert res.message == err["message"] and res.label is None
 
 
+def test_infer_to_files_from_python(predictor, accept, folder, tmp_path):
+    """The library function behind dga-infer: the same files from Python, with a Predictor of one's own."""
+    from dga.runtime.run_folder import infer_to_files
+
+    root = folder[0]
+    run = infer_to_files(root, predictor, tmp_path / "p.csv", summary=tmp_path / "s.json", progress=False)
+    assert not run.all_ok and not run.stopped_early and run.errors == tmp_path / "errors.jsonl"
+    assert (run.summary.ok, run.summary.failed) == (len(folder[1]), len(folder[2]))
+    assert run.first_error is not None and run.first_error[0] in {str(root / r) for r in folder[2]}
+    assert [r[0] for r in _csv_records(tmp_path / "p.csv")] == [r[0] for r in accept["rows"]]
+    assert [e["path"] for e in _jsonl(tmp_path / "errors.jsonl")] == [e["path"] for e in accept["errors"]]
+    assert json.loads((tmp_path / "s.json").read_text()) == run.to_json()
+    assert predictor.runner is not None  # a Predictor passed in is left open
+    again = infer_to_files(root, predictor, tmp_path / "p.csv", resume=True, progress=False)
+    assert (again.summary.ok, again.summary.failed, again.failed_earlier) == (0, 0, len(folder[2]))
+    assert not again.all_ok  # the resumed run's earlier failures still count
+    one = infer_to_files(root / folder[1][0], predictor, tmp_path / "one.jsonl", progress=False)
+    assert one.all_ok and one.summary.ok == 1 and len(_jsonl(tmp_path / "one.jsonl")) == 1
+
+
 def test_decode_priority_follows_where_the_model_runs(predictor, monkeypatch):
     from dga.errors import ConfigError
     from dga.runtime import pipeline

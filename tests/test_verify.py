@@ -265,3 +265,54 @@ def test_tampered_or_foreign_package_is_refused(case, needle, tiny_package, tmp_
             Predictor.from_package(pkg, backend="onnxruntime")
         infer = _run("dga-infer", str(tmp_path), "--model", str(pkg), "--out", str(tmp_path / "p.csv"))
         assert infer.returncode == 2 and needle.split()[0] in infer.stderr and infer.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX external data (graphs over protobuf's 2 GB limit), forced on the tiny configuration
+
+
+@pytest.fixture(scope="module")
+def external_package(backbone, shapes_data, tmp_path_factory) -> Path:
+    from conftest import make_random_bundle
+
+    from dga.export.package import ExportOptions, export_package
+
+    base = tmp_path_factory.mktemp("external")
+    bundle = make_random_bundle(backbone, shapes_data, "ar", base / "m.dga", 77)
+    opts = ExportOptions(precision="fp32", max_batch=4, opt_batch=4, verify_batches=[1, 4], external_data=True)
+    path, _ = export_package(bundle, base / "m.deploy", opts, log=lambda _line: None)
+    return path
+
+
+def test_external_data_is_part_of_the_package(external_package, tmp_path):
+    from dga.runtime import verify
+    from dga.runtime.package import DeployPackage, combined_digest, file_record, graph_digest
+    from dga.runtime.predictor import Predictor
+
+    facts = json.loads((external_package / "deploy.json").read_text())
+    assert set(facts["files"]) == {"model.onnx", "model.onnx.data", "reference.npz"}
+    assert facts["files"]["model.onnx.data"] == file_record(external_package / "model.onnx.data")
+    # Most bytes are in the data file; the graph itself is small.
+    assert facts["files"]["model.onnx.data"]["bytes"] > 10 * facts["files"]["model.onnx"]["bytes"]
+    # Engine keys cover both files: the digest from deploy.json equals the one from the files.
+    pkg = DeployPackage.load(external_package)
+    expected = combined_digest(facts["files"]["model.onnx"]["sha256"], facts["files"]["model.onnx.data"]["sha256"])
+    assert pkg.graph_digest("fp32") == graph_digest(external_package / "model.onnx") == expected
+    assert expected not in (facts["files"]["model.onnx"]["sha256"], facts["files"]["model.onnx.data"]["sha256"])
+
+    moved = Path(shutil.move(str(_copy(external_package, tmp_path)), str(tmp_path / "elsewhere.deploy")))
+    report = verify(moved)
+    cpu = [c for c in report.checks if c.runner == "onnxruntime" and c.provider == "cpu"]
+    assert [c.status for c in cpu] == ["pass"] and report.ok
+    ref = DeployPackage.load(moved).reference()
+    predictor = Predictor.from_package(moved, backend="onnxruntime")
+    np.testing.assert_allclose(predictor.predict(ref.images).logits, ref.logits, atol=1e-3)
+    predictor.close()
+
+    data = bytearray((moved / "model.onnx.data").read_bytes())
+    data[-5] ^= 0x01
+    (moved / "model.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="model.onnx.data does not match the sha256"):
+        Predictor.from_package(moved, backend="onnxruntime")
+    with pytest.raises(PackageError, match="model.onnx.data does not match"):
+        verify(moved)

@@ -63,3 +63,48 @@ def accuracy_report(
                            "implied_accuracy": implied_acc})
         report["hierarchy"] = levels
     return report
+
+
+def evaluate_bundle(bundle, data, split: str = "test", dataset: str | None = None, val_fraction: float = 0.2,
+                    test_fraction: float = 0.2, batch_size: int = 64, device: str = "auto", workers: int = 0) -> dict:
+    """dga-eval: load a bundle and a dataset split, predict with the eval transform, return the report.
+
+    Images are decoded exactly as deployment's self-checks decode them (the runtime's decoder,
+    JPEG draft off). The report is ``accuracy_report``'s plus ``bundle``, ``split`` and ``method``.
+    """
+    from dga.errors import DataError
+    from dga.train.bundle import load_bundle
+    from dga.train.data.coop import load_dataset
+    from dga.train.data.images import eval_transform
+    from dga.train.trainer import make_loader, resolve_device
+
+    dev = resolve_device(device)
+    b = load_bundle(bundle, dev)
+    splits = load_dataset(data, dataset, val_fraction, test_fraction, seed=0)
+    if splits.classnames != b.classnames:
+        raise DataError(f"{data} has classes {splits.classnames[:3]}..., the bundle was trained on "
+                        f"{b.classnames[:3]}...: evaluate on the dataset the bundle was trained for")
+    if split not in ("train", "val", "test"):
+        raise DataError(f"--split {split!r} must be train, val or test")
+    items = splits.split(split)
+    if not items:
+        raise DataError(f"{data} has no {split} images")
+    loader = make_loader(items, eval_transform(b.cfg["s0"]), batch_size, False, 0, workers)
+    res = predict(b.model, loader, dev)
+    parents = (b.manifest.get("hierarchy") or {}).get("parents")
+    report = accuracy_report(res["logits"], res["labels"], b.classnames, res["level_logits"], parents)
+    report.update({"bundle": str(bundle), "split": split, "method": b.manifest["method"]["name"]})
+    return report
+
+
+def report_lines(report: dict) -> list[str]:
+    """The lines dga-eval prints for a report: accuracy, the three lowest classes, each hierarchy level."""
+    lines = [f"{report['method']} on {report['split']} ({report['samples']} images): "
+             f"accuracy {report['accuracy']:.2f}%"]
+    per = [(v, k) for k, v in report["per_class_accuracy"].items() if v is not None]
+    if per:
+        lines.append("  lowest classes: " + ", ".join(f"{k} {v:.1f}%" for v, k in sorted(per)[:3]))
+    for lv in report.get("hierarchy", []):
+        lines.append(f"  level {lv['level']} ({lv['groups']} groups): level head {lv['level_head_accuracy']:.2f}%, "
+                     f"implied by final prediction {lv['implied_accuracy']:.2f}%")
+    return lines

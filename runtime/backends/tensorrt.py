@@ -23,14 +23,13 @@ from dga.runtime.engine_key import (
     list_sidecars,
     read_sidecar,
 )
-from dga.runtime.package import ONNX_FILES, DeployPackage
+from dga.runtime.package import DeployPackage
 
 
 def find_engine(package: DeployPackage, precision: str, trt_version: str, gpu_name: str,
                 capability: str) -> tuple[EngineKey, str]:
     """The engine of this package for this GPU/TensorRT/precision (any batch profile), or a clear error."""
-    onnx_name = ONNX_FILES[precision]
-    onnx_sha = package.facts["files"].get(onnx_name, {}).get("sha256")
+    onnx_sha = package.graph_digest(precision)
     if onnx_sha is None:
         raise PackageError(f"{package.path} has no {precision} graph to match an engine against")
     batch = package.facts.get("batch", {})

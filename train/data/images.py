@@ -1,8 +1,11 @@
-"""Images as tensors for training and evaluation.
+"""Images as tensors for training and evaluation, decoded by the runtime's one decoder.
 
-The eval transform is the runtime's own ``eval_image`` (shorter side to S, centre crop, uint8)
-followed by a plain /255: accuracy measured during training is then the accuracy of the deployed
-graph, which receives exactly those uint8 pixels. Normalisation by the backbone's mean/std is left
+Every image is opened by ``dga.runtime.decode`` (pixel-count limit, strict truncation, EXIF
+orientation, any mode to RGB). The eval transform is the runtime's own: ``decode_image(path, S,
+draft=False)`` (shorter side to S, centre crop, uint8, exact decode) followed by a plain /255, so
+accuracy measured during training is the accuracy of the deployed graph, which receives exactly
+those uint8 pixels. Training's augmentation (``train_transform``) works on the PIL image
+``open_rgb`` returns, from the same opening code. Normalisation by the backbone's mean/std is left
 to the model, which is also what the exported graph does.
 """
 
@@ -18,41 +21,56 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from dga.errors import DataError
-from dga.runtime.preprocess import eval_image, to_rgb
+from dga.runtime.decode import DecodeError, decode_image, open_image
+from dga.runtime.preprocess import eval_image
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
+def _data_error(err: DecodeError) -> DataError:
+    return DataError(f"cannot decode image ({err.reason}): {err.message} Replace or remove the file.")
+
+
 def open_rgb(path: str) -> Image.Image:
-    """Decode ``path`` fully to an RGB image; any decoding failure is a DataError naming it.
+    """Decode ``path`` fully to an RGB image (``runtime.decode.open_image``); failures are a DataError.
 
     An image over PIL's ``MAX_IMAGE_PIXELS`` (a decompression bomb, ~89 megapixels) is refused
     before decoding: in a dataset it is a bad file, not something to spend gigabytes on.
     """
     try:
-        with Image.open(path) as img:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and img.width * img.height > limit:
-                raise ValueError(f"{img.width}x{img.height} pixels is over the limit of {limit}")
-            img.load()
-            return to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        # (the warning class too: under ``-W error`` PIL's own bomb warning arrives as an exception)
-        raise DataError(f"cannot decode image {path} ({e}); replace or remove the file.") from e
+        return open_image(path)
+    except DecodeError as err:
+        raise _data_error(err) from err
+
+
+def eval_pixels(path: str, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: the file through the runtime's decoder and eval transform, exact (no draft)."""
+    try:
+        return decode_image(path, size, draft=False)
+    except DecodeError as err:
+        raise _data_error(err) from err
 
 
 class EvalTransform:
-    """PIL image -> float tensor [3, S, S] in [0, 1] via the runtime's ``eval_image``.
+    """Image -> float tensor [3, S, S] in [0, 1] via the runtime's eval transform.
 
-    A class rather than a closure so that DataLoader workers can pickle it.
+    ``from_path`` (what ``ImageListDataset`` calls) decodes a file with ``eval_pixels``; calling
+    the transform on a PIL image applies ``eval_image`` to it. A class rather than a closure so
+    that DataLoader workers can pickle it.
     """
 
     def __init__(self, size: int) -> None:
         self.size = int(size)
 
+    @staticmethod
+    def _tensor(arr: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
+
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        arr = np.array(eval_image(img, self.size), dtype=np.uint8, copy=True)
-        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+        return self._tensor(eval_image(img, self.size))
+
+    def from_path(self, path: str) -> torch.Tensor:
+        return self._tensor(eval_pixels(path, self.size))
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size})"
@@ -78,7 +96,11 @@ def train_transform(size: int, min_scale: float = 0.08) -> Transform:
 
 
 class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
-    """(path, label) items -> (float tensor [3, S, S] in [0, 1], label)."""
+    """(path, label) items -> (float tensor [3, S, S] in [0, 1], label).
+
+    A transform with a ``from_path`` method (``EvalTransform``) is given the path; any other
+    (``train_transform``) the RGB image ``open_rgb`` decodes.
+    """
 
     def __init__(self, items: Sequence[tuple[str, int]], transform: Transform) -> None:
         self.items = list(items)
@@ -89,4 +111,7 @@ class ImageListDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[index]
+        from_path = getattr(self.transform, "from_path", None)  # the eval transform decodes files itself
+        if from_path is not None:
+            return from_path(path), label
         return self.transform(open_rgb(path)), label
