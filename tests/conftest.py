@@ -12,6 +12,24 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 TINY = "dga-test-vit-p32"  # registered by dga.train.backbone from train/model_configs/
 
 
+def pytest_configure(config):
+    """Each session's tmp_path folders live in a folder of its own, removed when the session ends:
+    no test leaves a temporary directory behind, and two sessions never share (or delete) one."""
+    if config.option.basetemp is None:
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="dga-pytest-")
+        config._dga_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    made = getattr(config, "_dga_basetemp", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
+
+
 def _temp_entries() -> set[str]:
     import tempfile
     from pathlib import Path
