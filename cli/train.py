@@ -13,6 +13,7 @@ EPILOG = epilog([
     'dga-train my_images/ --method attrvr --des desattr.json --dist distattr.json --out mine.dga',
     'dga-train my_images/ --method dvp-cse --cause shape.json --cause colour.json --cause texture.json --out dvp.dga',
     'dga-train my_images/ --method dga --no-hkp --epochs 50 --out ablation.dga',
+    'dga-train my_images/ --method dga --hierarchy-descriptions h.json --out described.dga',
 ], "")
 
 
@@ -33,6 +34,9 @@ def train(
     des: Path = typer.Option(None, help="AttrVR DesAttr descriptions JSON."),
     dist: Path = typer.Option(None, help="AttrVR DistAttr descriptions JSON."),
     cause: list[Path] = typer.Option(None, help="DVP-cse: one descriptions JSON per cause (repeat; K = count)."),
+    hierarchy_descriptions: Path = typer.Option(
+        None, help="DGA: super-class descriptions JSON {group key: [sentence, ...]} for the hierarchy levels "
+                   "(dga-describe --kind hierarchy); default: mean of the member classes' texts."),
     s0: int = typer.Option(192, help="Image side inside the 224 padding frame."),
     template: str = typer.Option("This is a photo of a {}.", help="Text template when no descriptions are given."),
     m: int = typer.Option(20, help="Descriptions sampled per class (per cause)."),
@@ -72,7 +76,7 @@ def train(
         sizes = [int(s) for s in level_sizes.split(",")] if level_sizes else None
     except ValueError as exc:
         raise ConfigError(f"--level-sizes {level_sizes!r} must be comma-separated integers, e.g. 8,2") from exc
-    roles = {"default": descriptions, "des": des, "dist": dist}
+    roles = {"default": descriptions, "des": des, "dist": dist, "hierarchy": hierarchy_descriptions}
     roles.update({f"cause{i}": p for i, p in enumerate(cause or [])})
     job = TrainJob(
         data=data, out=out, method=method, backbone=backbone,

@@ -16,16 +16,26 @@ def template_text(backbone, classnames: list[str], template: str) -> torch.Tenso
     return backbone.encode_text(sentences).cpu()
 
 
+def encode_sentence_lists(backbone, lists: list[list[str]]) -> list[torch.Tensor]:
+    """Unit embeddings of several lists of sentences, one encoder pass: [[n_k, D] per list] (CPU)."""
+    flat = [s for sentences in lists for s in sentences]
+    return list(backbone.encode_text(flat).cpu().split([len(sentences) for sentences in lists]))
+
+
 def description_text(backbone, sampled: dict[str, list[str]], classnames: list[str]) -> torch.Tensor:
     """Unit embeddings of each class's sampled descriptions, [C, m, D] (m equal for all)."""
-    flat = [s for c in classnames for s in sampled[c]]
-    m = len(sampled[classnames[0]])
-    return backbone.encode_text(flat).cpu().view(len(classnames), m, -1)
+    return torch.stack(encode_sentence_lists(backbone, [sampled[c] for c in classnames]))
 
 
 def mean_rule_text(desc: torch.Tensor) -> torch.Tensor:
     """mean rule: s * mean_j cos(f, t_cj) = s * cos(f, mean_j t_cj) -> fold [C, m, D] to [C, D]."""
     return desc.mean(dim=1)
+
+
+def mean_description_text(backbone, lists: list[list[str]]) -> torch.Tensor:
+    """One unit text row per list of sentences (any lengths): normalised mean_rule_text, [K, D]."""
+    rows = [mean_rule_text(e.unsqueeze(0)) for e in encode_sentence_lists(backbone, lists)]
+    return nn.functional.normalize(torch.cat(rows).float(), dim=-1)
 
 
 class TemplateHead(Head):

@@ -3,6 +3,10 @@
 Class prototypes (mean unit image feature per class) are merged bottom-up by centroid linkage
 (a merged cluster's prototype is the mean of its members). Levels are cut from that one merge
 sequence, so they nest: level l groups are unions of level l-1 groups. Level 1 is the finest.
+
+A super-class (group) is named in description files by its ``group_key`` (``dga.train.describe``,
+re-exported here): its member class names, in the dataset's class order, joined by ``" + "`` (a
+group of one class is that class's name).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import numpy as np
 import torch
 from scipy.cluster.hierarchy import linkage
 
-from dga.errors import ConfigError
+from dga.errors import ConfigError, DataError
+from dga.train.data.descriptions import normalise_name
+from dga.train.data.imagefolder import _names
+from dga.train.describe import group_key  # the one definition, shared with dga-describe --kind hierarchy
 
 
 def _round_half_up(x: float) -> int:
@@ -116,3 +123,78 @@ def superclass_text(class_text: torch.Tensor, parent: list[int] | torch.Tensor, 
     idx = torch.as_tensor(parent, dtype=torch.long)
     sums = torch.zeros(num_groups, t.shape[1]).index_add_(0, idx, t)
     return torch.nn.functional.normalize(sums, dim=-1)
+
+
+GROUP_SEPARATOR = " + "  # what group_key joins member names with (dga.train.describe owns the key)
+
+
+def level_groups(parent: list[int], num_groups: int) -> list[list[int]]:
+    """Member class indices of each group of one level, in class order: [[c, ...] per group]."""
+    groups: list[list[int]] = [[] for _ in range(num_groups)]
+    for c, g in enumerate(parent):
+        groups[int(g)].append(c)
+    return groups
+
+
+def _member_set(key: str) -> frozenset[str]:
+    return frozenset(normalise_name(n) for n in key.split(GROUP_SEPARATOR.strip()))
+
+
+HOW_TO_DESCRIBE = (
+    "Describe this bundle's hierarchy: dga-describe --kind hierarchy --hierarchy RUN.dga, with RUN.dga "
+    "trained on the same data, shots, seed, backbone and level sizes (the hierarchy is deterministic "
+    "for those, so a run without --hierarchy-descriptions finds the same groups)"
+)
+
+
+def hierarchy_sentences(
+    descs: dict[str, list[str]], classnames: list[str], hierarchy: Hierarchy
+) -> tuple[list[list[list[str]]], dict[str, list[str]], list[str]]:
+    """Sentences of every group of every level from a hierarchy description file.
+
+    A group's key is matched exactly first, then by its member names as a set, each folded like
+    class names (case, underscores, spacing), so a hand-written ``"Dog+cat"`` finds ``cat + dog``.
+    Returns (sentences per level per group, {group key: sentences} of the groups used, in level
+    and group order, keys of the file that match no group). A group without sentences is a
+    DataError naming its members; unused keys are only reported (the caller warns).
+    """
+    by_set: dict[frozenset[str], list[str]] = {}
+    for k in descs:
+        by_set.setdefault(_member_set(k), []).append(k)
+    used_keys: set[str] = set()
+    per_level: list[list[list[str]]] = []
+    used: dict[str, list[str]] = {}
+    missing: list[str] = []
+    for level, (size, parent) in enumerate(zip(hierarchy.level_sizes, hierarchy.parents, strict=True), start=1):
+        level_sentences: list[list[str]] = []
+        for members in level_groups(parent, size):
+            names = [classnames[c] for c in members]
+            key = group_key(names)
+            if key in descs:
+                found = key
+            else:
+                candidates = by_set.get(frozenset(normalise_name(n) for n in names), [])
+                if len(candidates) > 1:
+                    raise DataError(
+                        f"--hierarchy-descriptions file: keys {_names(candidates)} all name the group of "
+                        f"{_names(names)}; keep one."
+                    )
+                found = candidates[0] if candidates else None
+            if found is None:
+                missing.append(f"level {level} group of {_names(names, limit=8)} (key {key!r})")
+                level_sentences.append([])
+                continue
+            used_keys.add(found)
+            used[key] = list(descs[found])
+            level_sentences.append(list(descs[found]))
+        per_level.append(level_sentences)
+    if missing:
+        shown = "; ".join(missing[:3]) + (f"; and {len(missing) - 3} more" if len(missing) > 3 else "")
+        extra = [k for k in descs if k not in used_keys]
+        stale = f" The file's keys {_names(extra)} name no group of it." if extra else ""
+        raise DataError(
+            f"the --hierarchy-descriptions file has no sentences for {len(missing)} group(s) of the label "
+            f"hierarchy found in the training images: {shown}.{stale} {HOW_TO_DESCRIBE}."
+        )
+    extra = [k for k in descs if k not in used_keys]
+    return per_level, used, extra

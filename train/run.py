@@ -11,13 +11,14 @@ import torch
 
 from dga.errors import ConfigError
 from dga.train.backbone import load_backbone
-from dga.train.bundle import save_bundle, writable_tmp_dir
+from dga.train.bundle import save_bundle, sha256_file, writable_tmp_dir
 from dga.train.config import MethodConfig, TrainConfig
 from dga.train.data.coop import load_dataset
-from dga.train.data.descriptions import load_descriptions
+from dga.train.data.descriptions import load_descriptions, load_hierarchy_descriptions
 from dga.train.data.fewshot import fewshot_splits
 from dga.train.data.images import eval_transform
 from dga.train.methods import PrepareContext, create, get_method
+from dga.train.methods.dga import HIERARCHY_ROLE
 from dga.train.trainer import METRICS_FILE, Trainer, TrainResult, make_loader, resolve_device
 
 log = logging.getLogger("dga.train")
@@ -35,7 +36,9 @@ class TrainJob:
     splits_dir: Path | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.2
-    descriptions: dict[str, Path] = field(default_factory=dict)  # role -> JSON file
+    # role -> JSON file: "default", "des", "dist", "cause<i>" ({class: sentences}) and, DGA only,
+    # "hierarchy" ({group key: sentences}, the super-classes of the hierarchy levels)
+    descriptions: dict[str, Path] = field(default_factory=dict)
     method_cfg: MethodConfig = field(default_factory=MethodConfig)
     train_cfg: TrainConfig = field(default_factory=TrainConfig)
     resume: bool = False
@@ -50,7 +53,15 @@ class TrainJob:
 def description_flags(role: str) -> str:
     if role.startswith("cause"):
         return "--cause (once per cause)"
-    return {"default": "--descriptions", "des": "--des", "dist": "--dist"}[role]
+    return {"default": "--descriptions", "des": "--des", "dist": "--dist",
+            HIERARCHY_ROLE: "--hierarchy-descriptions"}[role]
+
+
+def read_description_file(role: str, path: Path, classnames: list[str]) -> dict[str, list[str]]:
+    """A validated description file: class-keyed for every role but DGA's super-class file."""
+    if role == HIERARCHY_ROLE:
+        return load_hierarchy_descriptions(path)
+    return load_descriptions(path, classnames)
 
 
 def _check_output(out: Path) -> None:
@@ -67,6 +78,9 @@ def run_training(job: TrainJob) -> tuple[Path, TrainResult, dict]:
         causes = sorted(r for r in job.descriptions if r.startswith("cause"))
         if causes:
             job.method_cfg.prompts = len(causes)  # K = number of cause files given
+    if HIERARCHY_ROLE in job.descriptions and job.method != "dga":
+        raise ConfigError(f"--hierarchy-descriptions describes DGA's label hierarchy; method {job.method} "
+                          "has none: drop the option or use --method dga")
     needed = spec.description_roles(job.method_cfg)
     missing = [r for r in needed if r not in job.descriptions]
     if missing:
@@ -79,7 +93,8 @@ def run_training(job: TrainJob) -> tuple[Path, TrainResult, dict]:
     splits_dir = job.splits_dir or Path(job.data) / "split_fewshot"
     few = fewshot_splits(full, job.shots, seed, splits_dir)
     classnames = few.classnames
-    descriptions = {role: load_descriptions(path, classnames) for role, path in job.descriptions.items()}
+    descriptions = {role: read_description_file(role, path, classnames) for role, path in job.descriptions.items()}
+    description_sha256 = {role: sha256_file(Path(path)) for role, path in job.descriptions.items()}
 
     device = resolve_device(job.train_cfg.device)
     backbone = load_backbone(job.backbone, job.pretrained, seed=seed, device=device)
@@ -96,7 +111,7 @@ def run_training(job: TrainJob) -> tuple[Path, TrainResult, dict]:
     fingerprint = {
         "method": cfg["method"], "config": {k: v for k, v in cfg.items() if k != "sentences"},
         "train": job.train_cfg.to_json(), "backbone": [job.backbone, job.pretrained],
-        "data": str(Path(job.data).resolve()), "shots": job.shots,
+        "data": str(Path(job.data).resolve()), "shots": job.shots, "descriptions": description_sha256,
     }
     if job.workdir.exists() and not job.resume:
         shutil.rmtree(job.workdir)
@@ -110,6 +125,7 @@ def run_training(job: TrainJob) -> tuple[Path, TrainResult, dict]:
         "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
         "wall_time_s": round(result.wall_time_s, 2), "device": str(device), "notes": ctx.notes,
         "descriptions": {r: str(p) for r, p in job.descriptions.items()},
+        "descriptions_sha256": description_sha256,  # which files (hence which sentences) made the text rows
     }
     extra = {METRICS_FILE: job.workdir / METRICS_FILE}
     if job.plots:

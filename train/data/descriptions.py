@@ -107,6 +107,27 @@ def load_descriptions(path: str | os.PathLike[str], classnames: list[str]) -> di
     return {c: checked[mapping[c]] for c in classnames}
 
 
+def load_hierarchy_descriptions(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Read a super-class description file ``{group key: [sentence, ...]}`` (DGA's hierarchy levels).
+
+    Only the shape is checked here (a JSON object of non-empty lists of strings); which keys it
+    must have depends on the hierarchy, known once it is built (``dga.train.hierarchy``).
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(
+            f"hierarchy description file {path} must be a JSON object {{group key: [sentences]}}, "
+            f"not a {type(data).__name__}; fix it, or write it with dga-describe --kind hierarchy."
+        )
+    if not data:
+        raise DataError(
+            f"hierarchy description file {path} is empty; write it with "
+            "dga-describe --kind hierarchy --hierarchy RUN.dga."
+        )
+    return _check_values(path, data)
+
+
 def sample_descriptions(
     descs: dict[str, list[str]], m: int = 20, min_chars: int = 20, seed: int = 0
 ) -> dict[str, list[str]]:

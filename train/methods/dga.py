@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dga.train.data.imagefolder import _names
 from dga.train.fusion import (
     cosine_logits,
     hierarchical_loss,
@@ -19,13 +20,14 @@ from dga.train.fusion import (
     upf,
     visual_granularity,
 )
-from dga.train.heads import mean_rule_text, template_text
+from dga.train.heads import mean_description_text, mean_rule_text, template_text
 from dga.train.hierarchy import (
     Hierarchy,
     build_hierarchy,
     check_level_sizes,
     class_prototypes,
     default_level_sizes,
+    hierarchy_sentences,
     superclass_text,
 )
 from dga.train.methods import MethodSpec, register, zero_programs
@@ -151,13 +153,34 @@ def initial_prompt_features(ctx) -> tuple[torch.Tensor, torch.Tensor]:
     return nn.functional.normalize(torch.cat(feats), dim=-1), torch.cat(labels)
 
 
+HIERARCHY_ROLE = "hierarchy"  # PrepareContext.descriptions role of --hierarchy-descriptions {group key: sentences}
+
+
+def level_text(ctx, hierarchy: Hierarchy, t0: torch.Tensor) -> tuple[list[torch.Tensor], dict | None]:
+    """T_l of every level, [S_l, D] each, and the super-class sentences used (None without a file).
+
+    Without a hierarchy description file: the normalised mean of the member classes' text rows.
+    With one: the normalised mean of the encoded sentences of each group's key (every group must
+    have one; keys matching no group are reported in ctx.notes and not used).
+    """
+    if HIERARCHY_ROLE not in ctx.descriptions:
+        return [superclass_text(t0, parent, size)
+                for size, parent in zip(hierarchy.level_sizes, hierarchy.parents, strict=True)], None
+    per_level, used, extra = hierarchy_sentences(ctx.descriptions[HIERARCHY_ROLE], ctx.classnames, hierarchy)
+    if extra:
+        ctx.notes.append(f"the --hierarchy-descriptions file has {len(extra)} key(s) that name no group of "
+                         f"this hierarchy, not used: {_names(extra)}")
+    texts = [mean_description_text(ctx.backbone, groups) for groups in per_level]
+    return texts, used
+
+
 def prepare(ctx):
     cfg, n_classes = ctx.config, len(ctx.classnames)
     extra: dict = {"sentences": None, "hierarchy": None}
+    sentences: dict = {}
     if "default" in ctx.descriptions:
-        desc, sentences = sampled_description_text(ctx, "default")
+        desc, sentences["default"] = sampled_description_text(ctx, "default")
         t0 = mean_rule_text(desc)
-        extra["sentences"] = {"default": sentences}
     else:
         t0 = template_text(ctx.backbone, ctx.classnames, cfg.template)
     tensors = {"head.t0": t0}
@@ -171,10 +194,16 @@ def prepare(ctx):
             hierarchy: Hierarchy = build_hierarchy(protos.numpy(), sizes)
             extra["hierarchy"] = hierarchy.to_json()
             n_levels = hierarchy.num_levels
-            for i, (size, parent) in enumerate(zip(hierarchy.level_sizes, hierarchy.parents, strict=True)):
-                tensors[f"head.level_text_{i}"] = superclass_text(t0, parent, size)
+            texts, used = level_text(ctx, hierarchy, t0)
+            for i, t in enumerate(texts):
+                tensors[f"head.level_text_{i}"] = t
+            if used is not None:
+                sentences[HIERARCHY_ROLE] = used
         else:
             ctx.notes.append(f"{n_classes} classes are too few for a label hierarchy: the SG branch is off")
+    if HIERARCHY_ROLE in ctx.descriptions and not n_levels:
+        ctx.notes.append("no label hierarchy (SG branch off): the --hierarchy-descriptions file is not used")
+    extra["sentences"] = sentences or None
     n_scales = cfg.scales if cfg.vg else 0
     tensors["stack.programs"] = zero_programs(1 + n_levels + n_scales, ctx.backbone.info.image_size)
     return extra, tensors
