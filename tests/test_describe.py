@@ -469,3 +469,27 @@ def test_generated_files_feed_dga_train(server_factory, shapes_data, tmp_path):
         assert res.returncode == 0, f"{method}: {res.stderr[-2000:]}"
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["method"]["name"] == method
+
+
+def test_hierarchy_descriptions_feed_dga_train(server_factory, shapes_data, tmp_path):
+    """train DGA -> describe its super-classes -> train DGA again on them: the same groups, described."""
+    root, _, files = shapes_data
+    srv = server_factory({})
+    train = [str(BIN / "dga-train")] if (BIN / "dga-train").is_file() else [sys.executable, "-m", "dga.cli.train"]
+    common = [str(root), "--method", "dga", "--backbone", TINY, "--pretrained", "none", "--shots", "2",
+              "--epochs", "1", "--batch-size", "18", "--splits-dir", str(tmp_path / "splits"), "--device", "cpu",
+              "--no-plots", "--descriptions", str(files["default"]), "--seed", "3"]
+    first = subprocess.run([*train, *common, "--out", str(tmp_path / "a.dga")], capture_output=True, text=True,
+                           env=clean_env(), timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    described = tmp_path / "h.json"
+    d.describe_command(None, tmp_path / "a.dga", described, opts(srv, kind="hierarchy"), log=quiet)
+    groups = json.loads(described.read_text())
+    second = subprocess.run([*train, *common, "--out", str(tmp_path / "b.dga"), "--hierarchy-descriptions",
+                             str(described)], capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    a = json.loads((tmp_path / "a.dga" / "manifest.json").read_text())
+    b = json.loads((tmp_path / "b.dga" / "manifest.json").read_text())
+    assert a["hierarchy"]["parents"] == b["hierarchy"]["parents"]  # PLH is deterministic: the same groups
+    used = b["heads"]["sentences"]["hierarchy"]
+    assert set(used) <= set(groups) and used and all(used[k] == groups[k] for k in used)
