@@ -16,6 +16,8 @@ EXTRA_OF_MODULE = {
                      "onnxscript"), "train"),
     "tensorrt": "tensorrt",
     "mkdocs": "docs",
+    "ray": "ray",
+    **dict.fromkeys(("pytriton", "tritonclient"), "serve"),
 }
 
 

@@ -34,7 +34,10 @@ def _temp_entries() -> set[str]:
     import tempfile
     from pathlib import Path
 
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("dga-", "tmp"))}
+    # dga-pytest-*: the tmp_path roots of pytest sessions (ours is removed at unconfigure; another
+    # session running at the same time is not ours to judge).
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
+            if p.name.startswith(("dga-", "tmp")) and not p.name.startswith("dga-pytest-")}
 
 
 @pytest.fixture(scope="session", autouse=True)
