@@ -44,6 +44,8 @@ ROW_ORDER = ("zero-shot", "VP", "AR", "AttrVR", "DVP-cse", "DVP-cls", "DGA", "DG
 def kind_of(data: object) -> str | None:
     if not isinstance(data, dict):
         return None
+    if data.get("suite") == "serve" and "rows" in data:
+        return "serve"
     if "rows" in data and "limit" in data and "machine" in data:
         return "bench"
     if "settings" in data and "runs" in data:
@@ -57,7 +59,8 @@ def kind_of(data: object) -> str | None:
 
 def find_results(root: Path) -> dict[str, list[tuple[Path, dict]]]:
     """Recognised JSON files under ``root`` by kind, each list in a stable order."""
-    found: dict[str, list[tuple[Path, dict]]] = {"compare": [], "bench": [], "parity": [], "pretrain": []}
+    found: dict[str, list[tuple[Path, dict]]] = {"compare": [], "bench": [], "serve": [], "parity": [],
+                                                 "pretrain": []}
     for path in sorted(root.rglob("*.json")):
         rel = path.relative_to(root)
         if any(part in SKIP_DIRS for part in rel.parts[:-1]):
@@ -391,6 +394,27 @@ def render_parity(path: Path, data: dict, shown: str) -> list[str]:
     return lines
 
 
+# -- serving (dga-bench --suite serve) ------------------------------------------------------------
+
+def render_serve(path: Path, data: dict, shown: str) -> list[str]:
+    opts = data.get("options", {})
+    rebuilt = ["dga-bench", "--suite", "serve", "--package", "PKG", "--concurrency",
+               ",".join(str(c) for c in opts.get("concurrency", [])), "--requests", str(opts.get("requests"))]
+    pkg = data.get("package", {})
+    lines = [f"### {path.stem}", "", f"File: `{shown}`", ""] + command_lines(data, rebuilt)
+    lines += [f"Date: {data.get('date', 'not recorded')}. Machine: {machine_text(data.get('machine', {}))}. "
+              f"Package: {pkg.get('method')} at S0 = {pkg.get('s0')}, {pkg.get('classes')} classes, max batch "
+              f"{pkg.get('max_batch')}. {cell(data.get('server', ''))}; {cell(data.get('request', ''))}.", "",
+              "| concurrency | requests | requests/s | p50 ms | p99 ms | mean ms | executions | errors |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in data.get("rows", []):
+        lines.append(f"| {r.get('concurrency')} | {r.get('requests')} | {num(r.get('requests_per_s'))} | "
+                     f"{num(r.get('p50_ms'))} | {num(r.get('p99_ms'))} | {num(r.get('mean_ms'))} | "
+                     f"{r.get('executions')} | {r.get('errors')} |")
+    return lines + ["", "Executions fewer than requests: Triton's dynamic batching merged requests into one "
+                        "model call.", ""]
+
+
 # -- pretraining replay ---------------------------------------------------------------------------
 
 def render_pretrain(path: Path, data: dict, shown: str) -> list[str]:
@@ -465,6 +489,10 @@ def render(root: Path = RESULTS, label: str = RESULTS_LABEL) -> str:
         lines += bench_summary(found["bench"])
         for path, data in found["bench"]:
             lines += render_bench(path, data, shown(path))
+    if found["serve"]:
+        lines += ["## Serving through Triton", ""]
+        for path, data in found["serve"]:
+            lines += render_serve(path, data, shown(path))
     if found["parity"]:
         lines += ["## Preprocessing parity", ""]
         for path, data in found["parity"]:

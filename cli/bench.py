@@ -11,12 +11,16 @@ from dga.cli.common import epilog, run_app, single_command
 EPILOG = epilog([
     'dga-bench --ckpt run.dga --out bench/results --name cpu-small',
     'dga-bench --ckpt run.dga --package run.deploy --batch-sizes 1,8,64,256 --precisions fp32,fp16',
-], 'Writes NAME.json and NAME.md (a markdown table) side by side.')
+    'dga-bench --suite serve --package run.deploy --concurrency 1,16 --requests 160   # needs [serve]',
+], 'Writes NAME.json and NAME.md (a markdown table) side by side. Suites: model (the default: the eager '
+   'per-view loop against the fused graph, model-only against end-to-end; needs --ckpt) and serve (a real '
+   'Triton server over the package: requests/s and latency per concurrency level; needs --package).')
 
 
 def bench(
-    ckpt: Path = typer.Option(..., "--ckpt", help="Model bundle (the reference loop runs it in torch)."),
-    package: Path = typer.Option(None, help="Deployment package [exported to a temporary folder]."),
+    suite: str = typer.Option("model", help="model | serve."),
+    ckpt: Path = typer.Option(None, "--ckpt", help="Model bundle (the reference loop runs it in torch; suite model)."),
+    package: Path = typer.Option(None, help="Deployment package [suite model: exported to a temporary folder]."),
     out: Path = typer.Option(Path("bench/results"), "--out", "-o", help="Folder for the JSON and markdown."),
     name: str = typer.Option(None, help="File stem [bench-<method>-<device>]."),
     batch_sizes: str = typer.Option("1,8,32,64", help="Comma-separated batch sizes."),
@@ -30,8 +34,30 @@ def bench(
     e2e_rounds: int = typer.Option(8, help="Interleaved end-to-end / model-only rounds (median of their ratios)."),
     workers: int = typer.Option(None, help="Decode threads in the end-to-end run."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (torch runs)."),
+    concurrency: str = typer.Option("1,16", help="Suite serve: comma-separated numbers of concurrent clients."),
+    requests: int = typer.Option(160, help="Suite serve: requests per concurrency level."),
+    instances: int = typer.Option(1, help="Suite serve: model instances in the server."),
 ) -> None:
-    """Benchmark a bundle: reference loop, fused torch and ONNX, end-to-end, physical limit."""
+    """Benchmark a bundle: reference loop, fused torch and ONNX, end-to-end, physical limit (or a served package)."""
+    from dga.errors import ConfigError
+
+    if suite == "serve":
+        from dga.bench.serve import ServeBenchOptions, serve_bench_to_files
+
+        if package is None:
+            raise ConfigError("--suite serve needs --package PKG (a deployment package written by dga-export)")
+        try:
+            levels = [int(c) for c in concurrency.split(",")]
+        except ValueError as exc:
+            raise ConfigError(f"--concurrency {concurrency!r} must be comma-separated integers") from exc
+        opts = ServeBenchOptions(concurrency=levels, requests=requests, instances=instances)
+        js, md = serve_bench_to_files(package, opts, out, name, log=typer.echo)
+        typer.echo(f"wrote {js} and {md}")
+        return
+    if suite != "model":
+        raise ConfigError(f"--suite {suite!r} must be model or serve")
+    if ckpt is None:
+        raise ConfigError("--suite model needs --ckpt BUNDLE (a model bundle written by dga-train)")
     from dga.bench.run import BenchOptions, bench_to_files
 
     opts = BenchOptions(batch_sizes=[int(b) for b in batch_sizes.split(",")], backends=backends.split(","),

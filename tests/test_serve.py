@@ -369,3 +369,27 @@ def test_sigint_stops_the_server_cleanly(tiny_package, tmp_path):
     proc, ports, lines = start_serve(tiny_package, tmp_path / "log", "--instances", "2")
     assert any(f"127.0.0.1:{ports['http']}" in line for line in lines)
     stop_serve(proc, ports, tmp_path / "log", signal.SIGINT)
+
+
+def test_bench_serve_suite_measures_each_level(tiny_package, tmp_path):
+    """dga-bench --suite serve: every request answered, counted by the server, batched at concurrency 4."""
+    from dga.bench.serve import ServeBenchOptions, serve_bench_to_files
+
+    opts = ServeBenchOptions(concurrency=[1, 4], requests=12, images=4, warmup=2, ready_timeout_s=READY_TIMEOUT)
+    js, md = serve_bench_to_files(tiny_package, opts, tmp_path, "serve-test", log=lambda _line: None)
+    result = json.loads(js.read_text())
+    assert result["suite"] == "serve" and [r["concurrency"] for r in result["rows"]] == [1, 4]
+    for row in result["rows"]:
+        assert row["ok"] == row["requests"] == 12 and row["errors"] == 0
+        assert row["inferences"] == 12  # the server counted exactly our requests
+        assert 1 <= row["executions"] <= 12 and row["p50_ms"] <= row["p99_ms"]
+        assert row["requests_per_s"] == pytest.approx(12 / row["wall_s"], rel=0.01)
+    assert result["rows"][0]["executions"] == 12  # one client, one request at a time: nothing to merge
+    assert "| 4 | 12 |" in md.read_text()
+    assert not [p for p in Path(tempfile_dir()).iterdir() if p.name.startswith("dga-bench-serve-")]
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
