@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dga.errors import ConfigError
+from dga.errors import ConfigError, InputError
 from dga.runtime.backends import Runner, open_runner
 from dga.runtime.listing import list_inputs
 from dga.runtime.package import DeployPackage
@@ -64,6 +64,53 @@ class Result:
 
 
 DECODE_PRIORITIES = ("auto", "low", "normal")
+SCALES = {"unit": 255.0, "byte": 1.0}  # float input scale -> factor to [0, 255]
+
+
+def from_float(a: np.ndarray, scale: str | None) -> np.ndarray:
+    if scale is None:
+        raise InputError(f"{a.dtype} images need scale='unit' (values in [0, 1]) or scale='byte' (values in "
+                         f"[0, 255]); uint8 needs none. The Predictor does not guess how floats are scaled")
+    if scale not in SCALES:
+        raise InputError(f"scale {scale!r} must be one of {', '.join(SCALES)}")
+    top = 255.0 / SCALES[scale]
+    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > top * (1 + 1e-6)):
+        raise InputError(f"scale={scale!r} means values in [0, {top:g}], but these images hold "
+                         f"[{float(np.nanmin(a)):.4g}, {float(np.nanmax(a)):.4g}]")
+    return np.clip(np.rint(a.astype(np.float64) * SCALES[scale]), 0, 255).astype(np.uint8)
+
+
+def batch_array(a: np.ndarray, s0: int, scale: str | None) -> np.ndarray:
+    """A 4-D array as the graph's uint8 [B, S0, S0, 3], or InputError."""
+    if a.shape[1:] != (s0, s0, 3):
+        raise InputError(f"images of shape {tuple(a.shape)} do not fit this package: expected [B, {s0}, {s0}, 3] "
+                         f"(RGB, already resized and cropped); pass a list of images to have them resized and "
+                         f"cropped as dga-infer does")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if np.issubdtype(a.dtype, np.floating):
+        return from_float(a, scale)
+    raise InputError(f"images of dtype {a.dtype} are not accepted: expected uint8 (or float with scale=...)")
+
+
+def one_image(img, s0: int, scale: str | None, index: int) -> np.ndarray:
+    """One image of any kind the Predictor takes -> uint8 [S0, S0, 3] through the eval transform."""
+    if isinstance(img, str | Path):
+        from dga.runtime.decode import decode_image
+
+        return decode_image(img, s0, draft=False)
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+            raise InputError(f"image {index} has shape {tuple(img.shape)}: expected H x W x 3 (RGB), "
+                             f"H x W x 1 or H x W x 4")
+        if np.issubdtype(img.dtype, np.floating):
+            img = from_float(img, scale)
+        elif img.dtype != np.uint8:
+            raise InputError(f"image {index} has dtype {img.dtype}: expected uint8 (or float with scale=...)")
+        img = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    if not isinstance(img, Image.Image):
+        raise InputError(f"image {index} is a {type(img).__name__}: expected a PIL image, a path or an array")
+    return eval_image(img, s0)
 
 
 class Predictor:
@@ -103,22 +150,32 @@ class Predictor:
         return self.package.classnames
 
     # -- in memory -----------------------------------------------------------------------------
-    def prepare(self, images: np.ndarray | Image.Image | Sequence) -> np.ndarray:
-        """uint8 [B, S0, S0, 3] as is; any other images (PIL, HxWx3 arrays) through the eval transform."""
+    def prepare(self, images: np.ndarray | Image.Image | str | Path | Sequence, scale: str | None = None) -> np.ndarray:
+        """The graph's input, uint8 [B, S0, S0, 3], from what a caller has (B >= 0):
+
+        - a uint8 array [B, S0, S0, 3] (already resized and cropped) as it is (made contiguous);
+        - a float array of that shape only with ``scale`` saying how it is scaled: "unit" for values
+          in [0, 1], "byte" for [0, 255] (rounded to uint8; values outside the range are refused);
+        - one image or a list of images (PIL images, paths, HxWx3 uint8 arrays of any size) through
+          the eval transform, paths through the one decoder (as dga-infer with --no-draft).
+
+        Anything else (another rank, channel count or size, an integer or bool dtype, float without
+        ``scale``) raises InputError naming what was expected and what was given. Never a silent cast.
+        """
         s0 = self.package.s0
-        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[1:] == (s0, s0, 3):
-            return images
-        if isinstance(images, np.ndarray | Image.Image):
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            return batch_array(images, s0, scale)
+        if isinstance(images, np.ndarray | Image.Image | str | Path):
             images = [images]
-        out = []
-        for img in images:
-            if isinstance(img, np.ndarray):
-                img = Image.fromarray(img)
-            out.append(eval_image(img, s0))
-        return np.stack(out)
+        out = [one_image(img, s0, scale, i) for i, img in enumerate(images)]
+        return np.stack(out) if out else np.zeros((0, s0, s0, 3), np.uint8)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Engine call(s) over a prepared batch, split at the runner's batch size."""
+        """Engine call(s) over a prepared batch, split at the runner's batch size (never above the
+        package's maximum); an empty batch gives empty outputs without calling the engine."""
+        if not len(batch):
+            c = len(self.classnames)
+            return np.zeros((0, c), np.float32), np.zeros((0, c), np.float32)
         logits, probs = [], []
         for i in range(0, len(batch), self.batch_size):
             t = time.perf_counter()
@@ -128,8 +185,9 @@ class Predictor:
             probs.append(pr)
         return np.concatenate(logits), np.concatenate(probs)
 
-    def predict(self, images) -> Predictions:
-        logits, probs = self.run(self.prepare(images))
+    def predict(self, images, scale: str | None = None) -> Predictions:
+        """Logits and probs [B, C] for ``images`` (see ``prepare`` for what is accepted)."""
+        logits, probs = self.run(self.prepare(images, scale))
         return Predictions(logits, probs, self.classnames)
 
     # -- files ---------------------------------------------------------------------------------
