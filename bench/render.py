@@ -489,18 +489,13 @@ def render(root: Path = RESULTS, label: str = RESULTS_LABEL) -> str:
         lines += bench_summary(found["bench"])
         for path, data in found["bench"]:
             lines += render_bench(path, data, shown(path))
-    if found["serve"]:
-        lines += ["## Serving through Triton", ""]
-        for path, data in found["serve"]:
-            lines += render_serve(path, data, shown(path))
-    if found["parity"]:
-        lines += ["## Preprocessing parity", ""]
-        for path, data in found["parity"]:
-            lines += render_parity(path, data, shown(path))
-    if found["pretrain"]:
-        lines += ["## Pretraining replay of the shipped backbone", ""]
-        for path, data in found["pretrain"]:
-            lines += render_pretrain(path, data, shown(path))
+    for kind, title, render_one in (("serve", "Serving through Triton", render_serve),
+                                    ("parity", "Preprocessing parity", render_parity),
+                                    ("pretrain", "Pretraining replay of the shipped backbone", render_pretrain)):
+        if found[kind]:
+            lines += [f"## {title}", ""]
+            for path, data in found[kind]:
+                lines += render_one(path, data, shown(path))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

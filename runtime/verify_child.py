@@ -48,7 +48,7 @@ def open_check_runner(package: DeployPackage, spec: dict):
 def run(spec: dict) -> dict:
     out = Path(spec["out"])
     package = DeployPackage.load(spec["package"])
-    images = package.reference().images
+    images = package.reference(check_hash=False).images  # the parent hashed every file just before
     try:
         runner, provider, mismatch = open_check_runner(package, spec)
     except (DgaError, ImportError) as exc:
