@@ -6,8 +6,9 @@ deployment host (runtime/verify.py). The rules (DESIGN.md 5):
 - fp32: max |logit difference| <= ``fp32_max_abs_logit`` and every top-1 the same, except flips
   where the reference's two best logits are within ``near_tie`` (a flip there is rounding, not a
   wrong graph);
-- fp16 (and other reduced precisions): top-1 agreement >= ``fp16_top1_percent``, near ties counted
-  as agreeing; the logit difference is reported, not judged.
+- fp16: top-1 agreement >= ``fp16_top1_percent``, near ties counted as agreeing; the logit
+  difference is reported, not judged;
+- int8: the same rule with ``int8_top1_percent`` (quantization moves logits more than fp16).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dga.runtime.package import FP16_TOP1_PERCENT, FP32_MAX_ABS_LOGIT, NEAR_TIE
+from dga.runtime.package import FP16_TOP1_PERCENT, FP32_MAX_ABS_LOGIT, INT8_TOP1_PERCENT, NEAR_TIE
 
 DEFAULT_TOLERANCES = {"fp32_max_abs_logit": FP32_MAX_ABS_LOGIT, "fp16_top1_percent": FP16_TOP1_PERCENT,
-                      "near_tie": NEAR_TIE}
+                      "int8_top1_percent": INT8_TOP1_PERCENT, "near_tie": NEAR_TIE}
 
 
 @dataclass
@@ -58,6 +59,7 @@ def judge(reference: np.ndarray, candidate: np.ndarray, precision: str,
         passed = bool(np.isfinite(diff) and diff <= tol["fp32_max_abs_logit"] and flips == ties)
         rule = f"max |dlogit| <= {tol['fp32_max_abs_logit']:g}, top-1 equal (near ties excepted)"
     else:
-        passed = bool(np.isfinite(diff) and agree + 100.0 * ties / n >= tol["fp16_top1_percent"])
-        rule = f"top-1 agreement >= {tol['fp16_top1_percent']:g} % (near ties excepted)"
+        key = "int8_top1_percent" if precision == "int8" else "fp16_top1_percent"
+        passed = bool(np.isfinite(diff) and agree + 100.0 * ties / n >= tol[key])
+        rule = f"top-1 agreement >= {tol[key]:g} % (near ties excepted)"
     return Comparison(diff, agree, ties, passed, rule)

@@ -6,6 +6,7 @@ The exporter writes it (``write_manifest``), the runtime and the verifier read i
     deploy.json          the manifest below; every other file is listed in it with its sha256
     model.onnx           fp32 graph: uint8 images [B, S0, S0, 3] -> logits, probs float32 [B, C]
     model.fp16.onnx      the same graph with the encoder in fp16 (optional)
+    model.int8.onnx      the same graph with the encoder's MatMul/Gemm quantized to int8 (optional)
     model*.onnx.data     ONNX external data of a graph over protobuf's 2 GB limit (only then)
     reference.npz        golden outputs: uint8 ``images`` [N, S0, S0, 3] and the trained torch
                          module's fp32 ``logits`` and ``probs`` [N, C] for them
@@ -28,7 +29,7 @@ from dga.runtime.engine_key import file_sha256
 FORMAT = "dga-deploy"
 VERSION = 2  # 2: golden outputs (reference.npz), external data, every file hashed
 MANIFEST = "deploy.json"
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 REFERENCE_FILE = "reference.npz"
 REFERENCE_ARRAYS = ("images", "logits", "probs")
 REFERENCE_IMAGES = 16  # golden inputs stored at export
@@ -38,6 +39,7 @@ ENGINES_DIR = "engines"
 # each manifest so that a verifier applies the ones the package was exported with.
 FP32_MAX_ABS_LOGIT = 1e-3  # and 100 % top-1 agreement
 FP16_TOP1_PERCENT = 99.5
+INT8_TOP1_PERCENT = 99.0  # default of dga-export --int8-agreement
 NEAR_TIE = 2e-3  # a top-1 flip where the reference's top-2 logits are this close is not counted
 
 # key -> JSON type(s) of its value; a manifest lacking one or holding another type is refused.
@@ -158,7 +160,8 @@ class DeployPackage:
     @property
     def tolerances(self) -> dict:
         return self.facts["reference"].get("tolerances") or {
-            "fp32_max_abs_logit": FP32_MAX_ABS_LOGIT, "fp16_top1_percent": FP16_TOP1_PERCENT, "near_tie": NEAR_TIE}
+            "fp32_max_abs_logit": FP32_MAX_ABS_LOGIT, "fp16_top1_percent": FP16_TOP1_PERCENT,
+            "int8_top1_percent": INT8_TOP1_PERCENT, "near_tie": NEAR_TIE}
 
     def precisions(self) -> list[str]:
         return [p for p, name in ONNX_FILES.items() if name in self.facts["files"]]
