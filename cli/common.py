@@ -1,10 +1,14 @@
-"""Shared CLI plumbing: user errors (and a missing install extra) become one line on stderr, exit 2."""
+"""Shared CLI plumbing: user errors (and a missing install extra) become one line on stderr, exit 2;
+anything unexpected (a bug) one line asking for a report, exit 1, the traceback only with DGA_DEBUG=1."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 import typer
 
@@ -21,6 +25,24 @@ EXTRA_OF_MODULE = {
 }
 
 
+EXIT_INTERNAL_ERROR = 1
+DEBUG_ENV = "DGA_DEBUG"  # set (to anything but "", 0, false, no) to see an internal error's traceback
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def internal_error(prog: str, exc: BaseException) -> NoReturn:
+    """An exception nobody anticipated: one line naming it and asking for a report; exit 1."""
+    if debug_enabled():
+        traceback.print_exception(exc)
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())
+    hint = "" if debug_enabled() else f"; run again with {DEBUG_ENV}=1 to see the traceback"
+    typer.echo(f"error: internal error in {prog} ({what}); this is a bug, please report it{hint}", err=True)
+    sys.exit(EXIT_INTERNAL_ERROR)
+
+
 def missing_extra(exc: ImportError) -> str | None:
     """The one-sentence advice for a module of an uninstalled extra, or None for any other import error."""
     root = (exc.name or "").split(".")[0]
@@ -31,7 +53,8 @@ def missing_extra(exc: ImportError) -> str | None:
 
 
 def run_app(app: typer.Typer, prog_name: str | None = None) -> None:
-    """Run a typer app; user errors (ours and click's usage errors) print one ``error:`` line, exit 2."""
+    """Run a typer app; user errors (ours and click's usage errors) print one ``error:`` line, exit 2;
+    any other exception is an internal error (``internal_error``), exit 1."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     prog = prog_name or app.info.name or "dga"
     try:
@@ -45,7 +68,7 @@ def run_app(app: typer.Typer, prog_name: str | None = None) -> None:
     except ModuleNotFoundError as exc:
         advice = missing_extra(exc)
         if advice is None:
-            raise
+            internal_error(prog, exc)
         typer.echo(f"error: {prog}: {advice}", err=True)
         sys.exit(EXIT_USER_ERROR)
     except typer.Abort:
@@ -60,7 +83,7 @@ def run_app(app: typer.Typer, prog_name: str | None = None) -> None:
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             typer.echo(f"error: {' '.join(message.split())} (see '{prog} --help')", err=True)
             sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))
-        raise
+        internal_error(prog, exc)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dga.cli.common import epilog, run_app, single_command
+from dga.cli.common import DEBUG_ENV, epilog, run_app, single_command
 
 EXIT_SOME_FAILED = 3  # every good file has its row; some files are listed in errors.jsonl
 
@@ -19,8 +19,10 @@ EPILOG = epilog([
     '--ray-actors 16 --out /shared/preds',
 ], f"Exit codes: 0 every file predicted; {EXIT_SOME_FAILED} some files could not be read (see the errors "
    f"file: path, reason, message; with --executor ray the rows whose error column is set); 2 a usage error "
-   f"(bad model, bad option, a missing [ray] extra); --fail-fast stops at the first bad file "
-   f"(exit {EXIT_SOME_FAILED}).")
+   f"(bad model, bad option, a missing [ray] extra); 1 an internal error (a bug: please report it; "
+   f"{DEBUG_ENV}=1 shows the traceback); --fail-fast stops at the first bad file (exit {EXIT_SOME_FAILED}). "
+   f"Files of the folder that are not images are skipped and counted in the summary line (--list-skipped "
+   f"names them); hidden files are skipped without a count.")
 
 EXECUTORS = ("local", "ray")
 LOCAL_ONLY = ("--errors", "--format", "--workers", "--gpu-decode", "--decode-priority", "--fail-fast")
@@ -34,8 +36,10 @@ def infer(
                              "--executor ray a folder of Parquet parts (required)."),
     errors: Path = typer.Option(None, help="Errors file (JSON lines) [next to --out: errors.jsonl]."),
     fmt: str = typer.Option(None, "--format", help="csv | jsonl [from the --out suffix]."),
-    backend: str = typer.Option("auto", help="auto | tensorrt | onnxruntime | torch."),
-    precision: str = typer.Option("auto", help="auto | fp32 | fp16 (auto: fp16 on a GPU, fp32 on the CPU)."),
+    backend: str = typer.Option("auto", help="auto | tensorrt | onnxruntime | torch | torch-cuda (torch-cuda: the "
+                                "bundle's torch module in fp16 with CUDA graphs, on a CUDA GPU, no TensorRT)."),
+    precision: str = typer.Option("auto", help="auto | fp32 | fp16 | int8 (auto: fp16 on a GPU, fp32 on the CPU, "
+                                  "never int8; int8: a package exported with --int8, for CPUs)."),
     batch_size: int = typer.Option(64, help="Images per engine call."),
     workers: int = typer.Option(None, help="Decode threads [CPU count, at most 8]."),
     threads: int = typer.Option(None, help="ONNX Runtime intra-op threads [all cores]."),
@@ -53,6 +57,9 @@ def infer(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first file that cannot be read."),
     summary: Path = typer.Option(None, help="Also write the run summary as JSON here."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar [on a terminal]."),
+    list_skipped: bool = typer.Option(False, "--list-skipped", help="Print each file of the folder that was "
+                                      "skipped as not an image, with why, on stderr (skipped: PATH (WHY)) before "
+                                      "the summary line."),
     executor: str = typer.Option("local", help="local | ray: ray runs Ray Data (read, an actor pool of "
                                  "predictors, Parquet parts in --out; needs the [ray] extra)."),
     ray_address: str = typer.Option(None, help="An existing Ray cluster to run on (ray.init address, e.g. "
@@ -87,6 +94,7 @@ def infer(
                                    actors=ray_actors, cpus_per_actor=ray_cpus_per_actor,
                                    gpus_per_actor=ray_gpus_per_actor, progress=progress, summary=summary,
                                    log=lambda line: typer.echo(line, err=True))
+        _print_skipped(ray_run.skipped_files if list_skipped else [])
         typer.echo(ray_run.line(), err=True)
         if not ray_run.all_ok:
             raise typer.Exit(EXIT_SOME_FAILED)
@@ -103,9 +111,15 @@ def infer(
                          fail_fast=fail_fast, summary=summary, progress=progress)
     if run.stopped_early and run.first_error:
         typer.echo(f"error: {run.first_error[0]}: {run.first_error[1]} (--fail-fast)", err=True)
+    _print_skipped(run.skipped if list_skipped else [])
     typer.echo(run.summary.line(), err=True)
     if not run.all_ok:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _print_skipped(skipped) -> None:
+    for item in skipped:
+        typer.echo(item.line(), err=True)
 
 
 app = single_command(infer, infer.__doc__, EPILOG)

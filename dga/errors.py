@@ -1,7 +1,8 @@
 """Errors a user can cause. Each carries one sentence naming what is wrong and what to do.
 
 The command-line apps print ``error: <message>`` and exit with ``EXIT_USER_ERROR`` for any of
-them; anything else is a bug and keeps its traceback.
+them; anything else is a bug: one line asking for a report, exit 1, and the traceback only with
+``DGA_DEBUG=1`` in the environment.
 """
 
 EXIT_USER_ERROR = 2

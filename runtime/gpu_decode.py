@@ -6,6 +6,10 @@ goes through the exact CPU path (``decode.decode_image``), which also names what
 bad file. Pixels differ slightly from the CPU path (another IDCT and resampler), so this is
 opt-in (``dga-infer --gpu-decode``). torch/torchvision are imported only when it is used.
 The same code runs with ``device="cpu"`` (that is how it is tested without a GPU).
+
+``decode`` hands back numpy arrays, what the input pipeline stacks for every runner; a caller that
+feeds a torch runner on the same GPU (the torch-cuda backend takes device tensors) uses
+``decode_on_device`` and keeps the pixels there, with no copy to the host and back.
 """
 
 from __future__ import annotations
@@ -63,7 +67,18 @@ class JpegBatchDecoder:
         return resize_crop(out, self.size)
 
     def decode(self, paths: Sequence[str]) -> list[np.ndarray | DecodeError]:
-        results: list[np.ndarray | DecodeError | None] = [None] * len(paths)
+        """One uint8 [S0, S0, 3] numpy array (or the DecodeError) per path, in order."""
+        return [r.cpu().numpy() if isinstance(r, self.torch.Tensor) else r for r in self._decode(paths)]
+
+    def decode_on_device(self, paths: Sequence[str]) -> list:
+        """One uint8 [S0, S0, 3] tensor on ``device`` (or the DecodeError) per path, in order; files the
+        CPU path decodes are moved to the device, so every result lives in one place."""
+        return [self.torch.from_numpy(r).to(self.device) if isinstance(r, np.ndarray) else r
+                for r in self._decode(paths)]
+
+    def _decode(self, paths: Sequence[str]) -> list:
+        """Per path: a tensor on the device (decoded there), a numpy array (the CPU path) or a DecodeError."""
+        results: list = [None] * len(paths)
         jpeg_idx, jpeg_data = [], []
         for i, path in enumerate(paths):
             try:
@@ -81,11 +96,11 @@ class JpegBatchDecoder:
             try:
                 decoded = self.decode_jpeg(jpeg_data, mode=self.mode, device=self.device, apply_exif_orientation=True)
                 for i, img in zip(jpeg_idx, decoded, strict=True):
-                    results[i] = resize_crop(img, self.size).cpu().numpy()
+                    results[i] = resize_crop(img, self.size)
             except RuntimeError:
                 for i, data in zip(jpeg_idx, jpeg_data, strict=True):  # one bad JPEG: go file by file
                     try:
-                        results[i] = self._gpu_one(data).cpu().numpy()
+                        results[i] = self._gpu_one(data)
                     except RuntimeError:
                         results[i] = self._cpu(paths[i])
-        return results  # type: ignore[return-value]
+        return results

@@ -44,6 +44,7 @@ class DecodedBatch:
     images: np.ndarray  # uint8 [n, S0, S0, 3]
     failures: list[tuple[str, DecodeError]] = field(default_factory=list)
     order: list[tuple[str, int]] = field(default_factory=list)  # ("ok", row) / ("error", i) in input order
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # Pillow's warnings, for the files that had any
 
 
 def default_workers() -> int:
@@ -82,20 +83,24 @@ def lower_thread_priority() -> None:
             pass
 
 
-def _decode_one(path: str, s0: int, draft: bool) -> np.ndarray | DecodeError:
+def _decode_one(path: str, s0: int, draft: bool) -> tuple[np.ndarray | DecodeError, list[str]]:
+    """The pixels (or the DecodeError) and Pillow's warnings about the file."""
+    notes: list[str] = []
     try:
-        return decode_image(path, s0, draft=draft)
+        return decode_image(path, s0, draft=draft, record_warnings=notes), notes
     except DecodeError as exc:
-        return exc
+        return exc, notes
 
 
 def decode_chunk(pool: ThreadPoolExecutor, paths: Sequence[str], s0: int, draft: bool,
                  gpu_decoder=None) -> DecodedBatch:
     if gpu_decoder is not None:
-        results = gpu_decoder.decode(paths)
+        results, notes = gpu_decoder.decode(paths), [[] for _ in paths]
     else:
-        results = list(pool.map(lambda p: _decode_one(p, s0, draft), paths))
+        decoded = list(pool.map(lambda p: _decode_one(p, s0, draft), paths))
+        results, notes = [res for res, _ in decoded], [n for _, n in decoded]
     good, images, failures, order = [], [], [], []
+    warned = {path: n for path, n in zip(paths, notes, strict=True) if n}
     for path, res in zip(paths, results, strict=True):
         if isinstance(res, DecodeError):
             order.append(("error", len(failures)))
@@ -105,7 +110,7 @@ def decode_chunk(pool: ThreadPoolExecutor, paths: Sequence[str], s0: int, draft:
             good.append(path)
             images.append(res)
     stacked = np.stack(images) if images else np.zeros((0, s0, s0, 3), dtype=np.uint8)
-    return DecodedBatch(good, stacked, failures, order)
+    return DecodedBatch(good, stacked, failures, order, warned)
 
 
 _DONE = object()

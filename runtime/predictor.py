@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dga.errors import ConfigError, InputError
+from dga.errors import ConfigError, InputError, PackageError
 from dga.runtime.backends import Runner, open_runner
 from dga.runtime.listing import list_inputs
 from dga.runtime.package import DeployPackage
@@ -42,13 +43,14 @@ class Predictions:
 
 @dataclass
 class Result:
-    """One file: a prediction, or an error (reason code + message)."""
+    """One file: a prediction, or an error (reason code + message); either may carry warnings."""
 
     path: str
     topk: list[tuple[str, float]] = field(default_factory=list)
     levels: list[int] = field(default_factory=list)  # DGA: group index at each hierarchy level
     error: str | None = None  # reason code, e.g. "truncated"
     message: str = ""
+    warnings: list[str] = field(default_factory=list)  # Pillow's warnings about the file, one line each
 
     @property
     def ok(self) -> bool:
@@ -116,7 +118,14 @@ def one_image(img, s0: int, scale: str | None, index: int) -> np.ndarray:
 class Predictor:
     """``decode_priority``: "low" runs the decode threads at the lowest CPU priority (pipeline.py),
     "normal" as any thread, "auto" low when the runner computes on the CPU (decode and model share
-    the cores) and normal when it runs on a GPU (decode must then keep the GPU fed)."""
+    the cores) and normal when it runs on a GPU (decode must then keep the GPU fed).
+
+    Threads: one Predictor may be called from several threads at once. Input preparation and file
+    decoding run in the calling threads (each ``iter_results`` call has its own decode pool); the
+    engine calls are serialised by one lock per Predictor, since a runner's state is not safe to
+    share (the TensorRT runner's execution context, buffers and CUDA graphs). Results are the same
+    as sequential calls; for engine calls that overlap, use one Predictor per thread or process.
+    """
 
     def __init__(self, package: DeployPackage, runner: Runner, topk: int = 5, batch_size: int = 64,
                  workers: int | None = None, draft: bool = True, gpu_decode: str | None = None,
@@ -136,6 +145,7 @@ class Predictor:
         self.batch_size = max(1, min(batch_size, runner.max_batch))
         self.workers, self.draft = workers, draft
         self.batch_latencies: list[float] = []  # seconds per engine call, for summaries
+        self.engine_lock = threading.Lock()  # one engine call at a time (class docstring: Threads)
 
     @classmethod
     def from_package(cls, path: str | Path, backend: str = "auto", precision: str = "auto", device: int = 0,
@@ -159,28 +169,52 @@ class Predictor:
         - one image or a list of images (PIL images, paths, HxWx3 uint8 arrays of any size) through
           the eval transform, paths through the one decoder (as dga-infer with --no-draft).
 
-        Anything else (another rank, channel count or size, an integer or bool dtype, float without
-        ``scale``) raises InputError naming what was expected and what was given. Never a silent cast.
+        Anything else (another rank, channel count or size, an image without pixels, an integer or
+        bool dtype, float without ``scale``, bytes, a mapping, a number) raises InputError naming what
+        was expected and what was given. Never a silent cast. A path that cannot be decoded raises
+        its DecodeError (``predict_paths`` gives per-file results instead).
         """
         s0 = self.package.s0
         if isinstance(images, np.ndarray) and images.ndim == 4:
             return batch_array(images, s0, scale)
         if isinstance(images, np.ndarray | Image.Image | str | Path):
             images = [images]
-        out = [one_image(img, s0, scale, i) for i, img in enumerate(images)]
+        elif not isinstance(images, Sequence | Iterator) or isinstance(images, bytes | bytearray):
+            hint = ": decode encoded bytes with dga.runtime.decode.decode_bytes" if isinstance(
+                images, bytes | bytearray) else ""
+            raise InputError(f"images of type {type(images).__name__} are not accepted: expected an array, a PIL "
+                             f"image, a path or a list of them{hint}")
+        out = []
+        for i, img in enumerate(images):
+            size = img.size if isinstance(img, Image.Image) else \
+                img.shape[1::-1] if isinstance(img, np.ndarray) and img.ndim == 3 else (1, 1)
+            if 0 in size:  # the eval transform scales by the shorter side: an empty image has none
+                raise InputError(f"image {i} is {size[0]} x {size[1]} pixels: an image needs at least one pixel")
+            out.append(one_image(img, s0, scale, i))
         return np.stack(out) if out else np.zeros((0, s0, s0, 3), np.uint8)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Engine call(s) over a prepared batch, split at the runner's batch size (never above the
-        package's maximum); an empty batch gives empty outputs without calling the engine."""
+        """Engine call(s) over a prepared uint8 batch [B, S0, S0, 3], split at the batch size and never
+        above the runner's maximum (its batch profile); an empty batch gives empty outputs without
+        calling the engine. Safe to call from several threads (one engine call at a time)."""
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4:
+            raise InputError(f"run() takes a prepared uint8 array [B, {self.package.s0}, {self.package.s0}, 3], "
+                             f"not {getattr(batch, 'shape', type(batch).__name__)}: use predict() or prepare()")
+        batch = batch_array(batch, self.package.s0, None)
+        c = len(self.classnames)
         if not len(batch):
-            c = len(self.classnames)
             return np.zeros((0, c), np.float32), np.zeros((0, c), np.float32)
+        step = max(1, min(self.batch_size, self.runner.max_batch))
         logits, probs = [], []
-        for i in range(0, len(batch), self.batch_size):
-            t = time.perf_counter()
-            lo, pr = self.runner.infer(batch[i:i + self.batch_size])
-            self.batch_latencies.append(time.perf_counter() - t)
+        for i in range(0, len(batch), step):
+            part = batch[i:i + step]
+            with self.engine_lock:
+                t = time.perf_counter()
+                lo, pr = self.runner.infer(part)
+                self.batch_latencies.append(time.perf_counter() - t)
+            if lo.shape != (len(part), c) or pr.shape != (len(part), c):
+                raise PackageError(f"{self.runner.name} returned outputs of shape {list(lo.shape)} for {len(part)} "
+                                   f"images of a package with {c} classes: the engine does not belong to it")
             logits.append(lo)
             probs.append(pr)
         return np.concatenate(logits), np.concatenate(probs)
@@ -202,11 +236,11 @@ class Predictor:
             for kind, i in batch.order:
                 if kind == "error":
                     path, err = batch.failures[i]
-                    yield Result(path, error=err.reason, message=str(err))
+                    yield Result(path, error=err.reason, message=str(err), warnings=batch.warnings.get(path, []))
                 else:
-                    row = top[i]
-                    yield Result(batch.paths[i], [(names[j], float(probs[i, j])) for j in row],
-                                 self.package.levels_of(int(row[0])))
+                    row, path = top[i], batch.paths[i]
+                    yield Result(path, [(names[j], float(probs[i, j])) for j in row],
+                                 self.package.levels_of(int(row[0])), warnings=batch.warnings.get(path, []))
 
     def predict_paths(self, paths: Iterable[str | Path]) -> list[Result]:
         return list(self.iter_results(paths))

@@ -8,7 +8,8 @@
 
 The pipeline is ``ray.data.read_binary_files(paths, include_paths=True)`` -> ``map_batches
 (BatchPredictor, compute=ActorPoolStrategy(size=N))`` -> ``write_parquet(out_dir)``; the paths are
-``listing.list_inputs(inputs)``, the candidates of the local executor. ``BatchPredictor`` holds
+``listing.scan_inputs(inputs).files``, the candidates of the local executor (its skipped files are
+counted as there). ``BatchPredictor`` holds
 one ``Predictor`` per actor (the package is loaded once, in ``__init__``), decodes each row with
 ``decode.decode_bytes`` and returns the rows of the local executor's CSV (``path``, ``label_i``,
 ``prob_i``, level columns) plus ``error`` (the reason code, "" for a good row) and ``message``.
@@ -287,6 +288,7 @@ class RayRun:
     failed_earlier: int = 0  # of those, the ones it wrote as errors
     actors: int = 0
     batch_size: int = 0
+    skipped_files: list = field(default_factory=list)  # listing.SkippedFile: files of the walk that are not images
 
     @property
     def all_ok(self) -> bool:
@@ -300,12 +302,14 @@ class RayRun:
         return {"images_ok": self.ok, "images_failed": self.failed, "wall_s": round(self.wall_s, 3),
                 "images_per_s": round(self.images_per_s, 2), "executor": "ray", "actors": self.actors,
                 "batch_size": self.batch_size, "out": str(self.out), "parts": [p.name for p in self.parts],
-                "skipped": self.skipped, "failed_earlier": self.failed_earlier}
+                "skipped": self.skipped, "failed_earlier": self.failed_earlier,
+                "files_skipped": len(self.skipped_files)}
 
     def line(self) -> str:
         earlier = f", {self.failed_earlier} of them failed" if self.failed_earlier else ""
         skipped = f"; {self.skipped} already in {self.out} skipped{earlier}" if self.skipped else ""
-        return (f"{self.ok} images ok, {self.failed} failed in {self.wall_s:.1f} s ({self.images_per_s:.1f} images/s; "
+        return (f"{self.ok} images ok, {self.failed} failed, {len(self.skipped_files)} non-image files skipped in "
+                f"{self.wall_s:.1f} s ({self.images_per_s:.1f} images/s; "
                 f"Ray, {self.actors} actor{'s' if self.actors != 1 else ''}, batch {self.batch_size}{skipped})")
 
 
@@ -361,7 +365,7 @@ def infer_to_parquet(
     ``log`` receives warning lines (default: stderr). User errors raise ``ConfigError`` before Ray
     starts when they can be known then.
     """
-    from dga.runtime.listing import list_inputs
+    from dga.runtime.listing import scan_inputs
     from dga.runtime.package import DeployPackage
 
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -384,7 +388,8 @@ def infer_to_parquet(
         plan_resources(float(num_cpus or os.cpu_count() or 1), float("inf"), actors, cpus_per_actor, gpus_per_actor,
                        threads)
     started = time.perf_counter()
-    listed = [str(p) for p in list_inputs(inputs)]
+    listing = scan_inputs(inputs)
+    listed = [str(p) for p in listing.files]
     skipped = failed_earlier = 0
     if resume and out_dir.is_dir():
         _check_columns(out_dir, output_schema(k, levels))
@@ -409,7 +414,8 @@ def infer_to_parquet(
             _add_error(rows, path, err.reason, err.message)
         else:
             feed.append(path)
-    run = RayRun(0, len(rows["path"]), 0.0, out_dir, skipped=skipped, failed_earlier=failed_earlier, batch_size=bs)
+    run = RayRun(0, len(rows["path"]), 0.0, out_dir, skipped=skipped, failed_earlier=failed_earlier, batch_size=bs,
+                 skipped_files=listing.skipped)
     if rows["path"]:
         import pyarrow.parquet as pq
 

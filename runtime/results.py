@@ -4,21 +4,29 @@ Decisions:
 
 * **Rows go straight to the final path.** A resumable run needs its rows on disk as it goes, so
   writers open the output itself (mode ``"w"``, replacing an old file, or ``"a"`` when resuming)
-  rather than a temporary file renamed at the end. ``flush()`` (call it once per batch) hands the
-  buffered rows to the OS, so a killed process loses at most the rows since the last flush and
-  leaves at most one partial last line. No ``fsync``: surviving a power cut is not promised.
+  rather than a temporary file renamed at the end. ``write`` keeps the row in memory; ``flush()``
+  (call it once per batch) hands the rows since the last flush to the OS in one ``write`` of
+  complete lines, so a killed process loses at most the rows since the last flush, and only a kill
+  during that very call can leave a partial last line (resume cuts it off). No ``fsync``: the rows
+  survive the process being killed (``kill -9``, an out-of-memory kill), since the OS has them;
+  surviving a power cut or an OS crash is not promised.
 * **Resume.** With ``resume=True`` the existing file is read back, a trailing partial line (no
   final newline, an unparsable last line or an unclosed CSV quote) is cut off by truncating the
   file to the end of the last complete row, and the rows' paths become ``done_paths()``. ``write``
   skips a path already written (returns False), so a resumed run never duplicates a row. Paths
   are compared as strings: resume with the same input argument so listing yields the same strings.
   A file written with other columns (another top-k or other levels) is refused, not mixed.
-* **CSV** via the ``csv`` module (paths with commas, quotes or newlines are quoted), UTF-8 with
-  ``surrogateescape`` so undecodable POSIX file names round-trip. Header:
-  ``path,label_1,prob_1,...,label_k,prob_k[,<level names>]``; fewer than ``k`` labels (a model
-  with fewer classes) leave empty cells. Probabilities are written with 6 decimals.
-* **JSONL** rows ``{"path", "topk": [{"label", "prob"}], "levels": [...]}``; ``levels`` only when
-  the writer has ``level_names``. ``ensure_ascii`` JSON, so every row is one line of ASCII.
+* **CSV** via the ``csv`` module, UTF-8 with ``surrogateescape`` so undecodable POSIX file names
+  round-trip (read the file with ``errors="surrogateescape"``). Paths with commas, quotes or
+  newlines are quoted; a row with a carriage return anywhere has every cell quoted (the ``csv``
+  module would leave such a cell bare, and a reader would split the row there). Header:
+  ``path,label_1,prob_1,...,label_k,prob_k[,<level names>],warnings``; fewer than ``k`` labels (a
+  model with fewer classes) leave empty cells. Probabilities are written with 6 decimals.
+  ``warnings`` holds Pillow's warnings about the file joined by `` | `` (empty for most files).
+* **JSONL** rows ``{"path", "topk": [{"label", "prob"}], "levels": [...], "warnings": [...]}``;
+  ``levels`` only when the writer has ``level_names``, ``warnings`` only when there are any.
+  ``ensure_ascii`` JSON, so every row is one line of ASCII.
+* **Errors** ``{"path", "reason", "message"[, "warnings"]}``, one JSON line per file that failed.
 
 Standard library and numpy only: this module ships with the runtime.
 """
@@ -100,15 +108,16 @@ class _ResumableFile:
         self.resume = resume
         self._done: set[str] = set()
         self.written = 0  # rows written by this object
-        self._fh: io.TextIOWrapper | None = None
+        self._fd: int | None = None
+        self._pending: list[str] = []  # complete lines not yet handed to the OS
 
-    def _open(self, existing_end: int | None) -> io.TextIOWrapper:
+    def _open(self, existing_end: int | None) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if existing_end is None:
-            return open(self.path, "w", encoding=ENCODING, errors=ERRORS, newline="")
-        with open(self.path, "r+b") as raw:
-            raw.truncate(existing_end)  # drop a partial last line left by a killed run
-        return open(self.path, "a", encoding=ENCODING, errors=ERRORS, newline="")
+            return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        os.ftruncate(fd, existing_end)  # drop a partial last line left by a killed run
+        return fd
 
     def _read_existing(self) -> bytes | None:
         if not self.resume:
@@ -128,29 +137,49 @@ class _ResumableFile:
         return len(self._done)
 
     def _emit(self, path: str, text: str) -> bool:
-        if self._fh is None:
+        if self._fd is None:
             raise ValueError(f"{self.path} is closed")
         if path in self._done:
             return False
-        self._fh.write(text)
+        self._pending.append(text)
         self._done.add(path)
         self.written += 1
         return True
 
     def flush(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
+        """Hand the rows written since the last flush to the OS, as complete lines in one write."""
+        if self._fd is None or not self._pending:
+            return
+        data = memoryview("".join(self._pending).encode(ENCODING, ERRORS))
+        self._pending.clear()
+        while data:
+            data = data[os.write(self._fd, data):]
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            try:
+                self.flush()
+            finally:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+    """One CSV record; every cell quoted when one holds a carriage return (see the module docstring)."""
+    buf = io.StringIO()
+    quoting = csv.QUOTE_ALL if any("\r" in c for c in cells) else csv.QUOTE_MINIMAL
+    csv.writer(buf, lineterminator="\n", quoting=quoting).writerow(cells)
+    return buf.getvalue()
+
+
+def _warning_list(warnings: Sequence[str]) -> list[str]:
+    return [" ".join(str(w).split()) for w in warnings]
 
 
 # --- predictions -------------------------------------------------------------------------------
@@ -181,20 +210,16 @@ class ResultWriter(_ResumableFile):
         end: int | None = None
         if existing is not None:
             end = self._load_existing(existing)
-        self._fh = self._open(end)
+        self._fd = self._open(end)
         if fmt == "csv" and (end is None or end == 0):
-            self._csv_row(self.header)
-            self._fh.flush()
+            self._pending.append(_csv_line(self.header))
+            self.flush()
 
     def _header(self) -> list[str]:
         cols = ["path"]
         for i in range(1, self.topk + 1):
             cols += [f"label_{i}", f"prob_{i}"]
-        return cols + list(self.level_names or [])
-
-    def _csv_row(self, values: list[str]) -> None:
-        assert self._fh is not None
-        csv.writer(self._fh, lineterminator="\n").writerow(values)
+        return cols + list(self.level_names or []) + ["warnings"]
 
     def _load_existing(self, data: bytes) -> int:
         if self.fmt == "jsonl":
@@ -230,8 +255,12 @@ class ResultWriter(_ResumableFile):
         labels: Sequence[str],
         probs: Sequence[float],
         levels: Sequence[Any] | None = None,
+        warnings: Sequence[str] = (),
     ) -> bool:
-        """Add one image's row; False (nothing written) when ``path`` is already in the file."""
+        """Add one image's row; False (nothing written) when ``path`` is already in the file.
+
+        ``warnings``: Pillow's warnings about the file, one line each.
+        """
         key = os.fspath(path)
         if len(labels) != len(probs) or len(labels) > self.topk:
             raise ValueError(f"need <= {self.topk} labels, one probability each; got {len(labels)}/{len(probs)}")
@@ -248,15 +277,16 @@ class ResultWriter(_ResumableFile):
             }
             if self.level_names is not None:
                 row["levels"] = [_jsonable(v) for v in levels or []]
+            if warnings:
+                row["warnings"] = _warning_list(warnings)
             return self._emit(key, json.dumps(row, ensure_ascii=True) + "\n")
         cells = [key]
         for lab, p in zip(labels, probs_f, strict=True):
             cells += [str(lab), f"{p:.6f}"]
         cells += [""] * (2 * (self.topk - len(labels)))
         cells += [str(v) for v in levels or []]
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(cells)
-        return self._emit(key, buf.getvalue())
+        cells.append(" | ".join(_warning_list(warnings)))
+        return self._emit(key, _csv_line(cells))
 
 
 def _jsonable(value: Any) -> Any:
@@ -269,7 +299,7 @@ def _jsonable(value: Any) -> Any:
 
 
 class ErrorWriter(_ResumableFile):
-    """``errors.jsonl``: one ``{"path", "reason", "message"}`` line per input that failed."""
+    """``errors.jsonl``: one ``{"path", "reason", "message"[, "warnings"]}`` line per input that failed."""
 
     def __init__(self, path: str | os.PathLike[str], resume: bool = False) -> None:
         super().__init__(path, resume)
@@ -278,12 +308,14 @@ class ErrorWriter(_ResumableFile):
         if existing is not None:
             rows, end = _complete_jsonl(existing, self.path)
             self._done.update(str(r["path"]) for r in rows)
-        self._fh = self._open(end)
+        self._fd = self._open(end)
 
-    def write(self, path: str | os.PathLike[str], reason: str, message: str) -> bool:
+    def write(self, path: str | os.PathLike[str], reason: str, message: str, warnings: Sequence[str] = ()) -> bool:
         """Record a failure; False (nothing written) when ``path`` already has one."""
         key = os.fspath(path)
-        row = {"path": key, "reason": reason, "message": message}
+        row: dict[str, Any] = {"path": key, "reason": reason, "message": message}
+        if warnings:
+            row["warnings"] = _warning_list(warnings)
         return self._emit(key, json.dumps(row, ensure_ascii=True) + "\n")
 
 
@@ -296,7 +328,8 @@ class Summary:
 
     ``batch_latencies`` are seconds per engine batch (``time.perf_counter`` differences);
     percentiles use numpy's default (linear interpolation). ``images_per_s`` counts the images
-    that got a prediction (``ok``) over the wall time.
+    that got a prediction (``ok``) over the wall time. ``skipped``: files of the folder walk that
+    are not images (``listing.SkippedFile``; hidden files are not counted).
     """
 
     ok: int
@@ -305,6 +338,7 @@ class Summary:
     batch_latencies: Sequence[float] = ()
     backend: str = ""
     batch_size: int = 0
+    skipped: int = 0
 
     @property
     def total(self) -> int:
@@ -331,6 +365,7 @@ class Summary:
         return {
             "images_ok": self.ok,
             "images_failed": self.failed,
+            "files_skipped": self.skipped,
             "wall_s": round(float(self.wall_s), 3),
             "images_per_s": round(self.images_per_s, 2),
             "batches": len(self.batch_latencies),
@@ -347,7 +382,7 @@ class Summary:
             return "n/a" if v is None else f"{v:.1f} ms"
 
         return (
-            f"{self.ok} images ok, {self.failed} failed in {self.wall_s:.1f} s "
+            f"{self.ok} images ok, {self.failed} failed, {self.skipped} non-image files skipped in {self.wall_s:.1f} s "
             f"({self.images_per_s:.1f} images/s; batch latency p50 {ms(self.p50_batch_ms)}, "
             f"p99 {ms(self.p99_batch_ms)}; {self.backend}, batch {self.batch_size})"
         )

@@ -4,10 +4,14 @@
     run = infer_to_files("photos/", "run.deploy", "preds.csv", resume=True)
     print(run.summary.line(), "all ok" if run.all_ok else f"see {run.errors}")
 
-One row per good file in ``out`` (CSV or JSON lines), one line per bad file in the errors file
-(path, reason code, message), rows flushed batch by batch so an interrupted run loses at most a
-batch; ``resume=True`` skips paths already in either file and appends the rest. A bad file never
-stops the run unless ``fail_fast=True``. Nothing here imports torch: it is the runtime's.
+Every file the listing names as an image candidate gets exactly one line: a row in ``out`` (CSV
+or JSON lines) when it decodes, else a line in the errors file (path, reason code, message), never
+both. Pillow's warnings about a file go to that file's line. The other files of the walk are
+counted as skipped (``FolderRun.skipped`` says which and why; hidden files are not counted). Rows
+are flushed batch by batch, so an interrupted run loses at most a batch; ``resume=True`` skips
+paths already in either file and appends the rest, so resuming after a kill at any point ends
+with the rows of an uninterrupted run, none lost, none twice. A bad file never stops the run
+unless ``fail_fast=True``. Nothing here imports torch: it is the runtime's.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dga.errors import ConfigError
+from dga.runtime.listing import SkippedFile
 from dga.runtime.results import ErrorWriter, ResultWriter, Summary
 
 
@@ -33,6 +38,7 @@ class FolderRun:
     stopped_early: bool = False  # fail_fast stopped at a bad file
     failed_earlier: int = 0  # files of this listing an earlier (resumed) run already reported as failed
     first_error: tuple[str, str] | None = None  # (path, message) of the first bad file of this call
+    skipped: list[SkippedFile] = field(default_factory=list)  # files of the walk that are not images
 
     @property
     def all_ok(self) -> bool:
@@ -82,7 +88,7 @@ def infer_to_files(
     a tqdm bar. User errors (bad package, option, output folder) raise ``ConfigError`` before any
     file is written.
     """
-    from dga.runtime.listing import list_inputs
+    from dga.runtime.listing import scan_inputs
     from dga.runtime.predictor import Predictor
 
     out = Path(out)
@@ -106,15 +112,16 @@ def infer_to_files(
     else:
         predictor = model
     try:
-        return _run(predictor, [str(p) for p in list_inputs(inputs)], out, errors, fmt, resume, fail_fast,
-                    summary, progress)
+        listing = scan_inputs(inputs)
+        return _run(predictor, [str(p) for p in listing.files], listing.skipped, out, errors, fmt, resume,
+                    fail_fast, summary, progress)
     finally:
         if own:
             predictor.close()
 
 
-def _run(predictor, paths: list[str], out: Path, errors: Path, fmt: str, resume: bool, fail_fast: bool,
-         summary: str | Path | None, progress: bool | None) -> FolderRun:
+def _run(predictor, paths: list[str], skipped: list[SkippedFile], out: Path, errors: Path, fmt: str, resume: bool,
+         fail_fast: bool, summary: str | Path | None, progress: bool | None) -> FolderRun:
     writer = ResultWriter(out, fmt=fmt, topk=predictor.topk_k, level_names=predictor.package.level_names(),
                           resume=resume)
     err_writer = ErrorWriter(errors, resume=resume)
@@ -138,10 +145,10 @@ def _run(predictor, paths: list[str], out: Path, errors: Path, fmt: str, resume:
         for result in predictor.iter_results(paths):
             if result.ok:
                 writer.write(result.path, [lb for lb, _ in result.topk], [p for _, p in result.topk],
-                             result.levels or None)
+                             result.levels or None, result.warnings)
                 ok += 1
             else:
-                err_writer.write(result.path, result.error, result.message)
+                err_writer.write(result.path, result.error, result.message, result.warnings)
                 failed += 1
                 first_error = first_error or (result.path, result.message)
                 if fail_fast:
@@ -159,8 +166,8 @@ def _run(predictor, paths: list[str], out: Path, errors: Path, fmt: str, resume:
             bar.close()
     wall = time.perf_counter() - start
     info = Summary(ok=ok, failed=failed, wall_s=wall, batch_latencies=predictor.batch_latencies[latencies_before:],
-                   backend=predictor.runner.name, batch_size=predictor.batch_size)
-    run = FolderRun(info, out, errors, predictor.runner.precision, stopped, failed_earlier, first_error)
+                   backend=predictor.runner.name, batch_size=predictor.batch_size, skipped=len(skipped))
+    run = FolderRun(info, out, errors, predictor.runner.precision, stopped, failed_earlier, first_error, skipped)
     if summary:
         from dga.fsutil import atomic_write
 

@@ -1,13 +1,15 @@
 """Verify a deployment package on the host it runs on (``dga-verify``; Polygraphy-style run/compare).
 
-First the package itself: format version, manifest schema and every file's sha256 (a tampered or
-foreign package raises ``PackageError`` naming the file). Then every runner this host could have
+First the package itself: format version, manifest schema, the manifest digest every graph carries
+(an edited deploy.json, or one from another package) and every file's sha256 (a tampered or foreign
+package raises ``PackageError`` naming the file), all before any runner starts. Then every runner this host could have
 runs the package's golden inputs (``reference.npz``) and is compared with the trained module's
 stored outputs by ``dga.runtime.compare.judge``:
 
     onnxruntime  on the cpu, cuda and tensorrt-ep execution providers, each precision of the package
     tensorrt     the package's engine for this GPU (TensorRT and a CUDA GPU)
     torch        the torch module rebuilt from the bundle (the [train] extra and the bundle)
+    torch-cuda   that module with CUDA graphs on a CUDA GPU, fp16 and fp32 as the package has them
 
 A runner that cannot run here is "skipped" with the reason, never "pass"; ``require`` turns the
 skip of a named runner into a failure. Each runner runs in a child process (verify_child.py), so
@@ -33,15 +35,16 @@ from dga.runtime.compare import judge
 from dga.runtime.package import DeployPackage
 
 EP_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt-ep": "TensorrtExecutionProvider"}
-REQUIRE_CHOICES = ("onnxruntime", "cpu", "cuda", "tensorrt-ep", "tensorrt", "torch")
+REQUIRE_CHOICES = ("onnxruntime", "cpu", "cuda", "tensorrt-ep", "tensorrt", "torch", "torch-cuda")
+TORCH_CUDA_PRECISIONS = ("fp16", "fp32")  # what the torch-cuda runner computes in
 SINGLE_IMAGES = 3  # golden images also run one at a time: the batch-1 path of the engine
 STATUSES = ("pass", "FAIL", "skipped")
 
 
 @dataclass
 class RunnerCheck:
-    runner: str  # onnxruntime | tensorrt | torch
-    provider: str  # cpu | cuda | tensorrt-ep (ONNX Runtime), the device for tensorrt / torch
+    runner: str  # onnxruntime | tensorrt | torch | torch-cuda
+    provider: str  # cpu | cuda | tensorrt-ep (ONNX Runtime), the device for tensorrt / torch / torch-cuda
     precision: str
     status: str = "skipped"  # pass | FAIL | skipped
     reason: str = ""
@@ -124,6 +127,11 @@ def planned_checks(package: DeployPackage, available_eps: list[str]) -> list[Run
     if not (importable("torch") and importable("open_clip")):
         check.status, check.reason = "skipped", "torch not installed (pip install 'dga[train]')"
     checks.append(check)
+    for precision in [p for p in package.precisions() if p in TORCH_CUDA_PRECISIONS]:
+        check = RunnerCheck("torch-cuda", "gpu", precision, status="run")
+        if not (importable("torch") and importable("open_clip")):
+            check.status, check.reason = "skipped", "torch not installed (pip install 'dga[train]' on a CUDA host)"
+        checks.append(check)
     return checks
 
 
@@ -157,7 +165,7 @@ def verify(package: str | Path, require: list[str] | tuple[str, ...] = (), bundl
         raise ConfigError(f"--require {unknown[0]!r} is not a runner: choose from {', '.join(REQUIRE_CHOICES)}")
     import onnxruntime as ort
 
-    pkg = DeployPackage.load(package)
+    pkg = DeployPackage.load(package)  # schema and the manifest digest in every graph
     files = pkg.check_files()
     reference = pkg.reference()
     expected = np.concatenate([reference.logits, reference.logits[:SINGLE_IMAGES]])
@@ -174,6 +182,10 @@ def verify(package: str | Path, require: list[str] | tuple[str, ...] = (), bundl
         check.provider = result.get("provider", check.provider)
         if result["status"] != "ran" or logits is None:
             check.status, check.reason = result["status"], result.get("reason", "")
+            if result.get("scope") == "runner":  # e.g. no CUDA GPU: the runner's other rows cannot run either
+                for other in checks:
+                    if other.runner == check.runner and other.status == "run":
+                        other.status, other.reason = check.status, check.reason
             continue
         try:
             outcome = judge(expected, logits, check.precision, pkg.tolerances)

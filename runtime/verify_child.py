@@ -3,7 +3,8 @@
 Opens the runner through the runtime's own backends (the code dga-infer runs), feeds it the
 package's golden images as one batch (in chunks of the runner's max batch) and then the first few
 one at a time, and writes ``result.json`` (+ ``logits.npy``) into the spec's ``out`` folder. A
-runner that cannot be opened here (no GPU, no engine, no bundle) is reported as skipped.
+runner that cannot be opened here (no GPU, no engine, no bundle) is reported as skipped; with
+``"scope": "runner"`` when none of that runner's rows can run here either (no CUDA GPU).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def open_check_runner(package: DeployPackage, spec: dict):
 
         runner = TensorRTRunner(package, precision, spec["device"])
         return runner, "gpu", ""
+    if runner_kind == "torch-cuda":
+        from dga.runtime.backends.torch_cuda import TorchCudaRunner
+
+        # spec["device"] is a GPU index; "cpu" runs the same code without CUDA (tests).
+        runner = TorchCudaRunner(package, precision, spec["device"], bundle=spec.get("bundle"))
+        return runner, "gpu" if runner.device.type == "cuda" else "cpu", ""
     from dga.runtime.backends import torch_cuda
     from dga.runtime.backends.torch_ref import TorchRunner
 
@@ -55,7 +62,8 @@ def run(spec: dict) -> dict:
         # The provider was found on this host before the child started: a graph it cannot load is a
         # failure. TensorRT (no GPU, no engine built for it) and torch (no bundle) can be absent.
         status = "FAIL" if spec["runner"] == "onnxruntime" else "skipped"
-        return {"status": status, "reason": " ".join(str(exc).split())}
+        scope = {"scope": "runner"} if getattr(exc, "runner_wide", False) else {}  # no row of it can run here
+        return {"status": status, "reason": " ".join(str(exc).split()), **scope}
     if mismatch:
         runner.close()
         return {"status": "skipped", "reason": mismatch, "provider": provider}

@@ -267,3 +267,45 @@ def test_find_foreign_without_engines_folder(tmp_path):
 
 def test_spec_error_is_an_engine_error():
     assert issubclass(EngineSpecError, EngineError)
+
+
+# --- find_engine: the runtime's refusal, one sentence per case ------------------------------------
+
+
+def _package(tmp_path):
+    """A stand-in package: only the facts find_engine reads (the graph's sha256 and the batch profile)."""
+    from dga.runtime.package import DeployPackage
+
+    return DeployPackage(tmp_path, {"files": {"model.fp16.onnx": {"sha256": ONNX_HASH, "bytes": 1}},
+                                    "batch": {"min": 1, "opt": 64, "max": 256}})
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("other-package", "differs here in onnx_sha256"),
+    ("other-gpu", "differs here in gpu_name, compute_capability"),
+    ("other-tensorrt", "differs here in trt_version"),
+    ("truncated-plan", "build one with dga-export"),
+    ("none", "build one with dga-export"),
+])
+def test_find_engine_refuses_with_one_sentence(case, needle, tmp_path):
+    from dga.errors import PackageError
+    from dga.runtime.backends.tensorrt import find_engine
+
+    pkg = _package(tmp_path)
+    key = make_key()
+    if case == "other-package":
+        install(tmp_path, make_key(onnx_sha256="cd" * 32))  # the engines/ of another package copied in
+    elif case == "other-gpu":
+        install(tmp_path, make_key(gpu_name="NVIDIA A10G", compute_capability="8.6"))
+    elif case == "other-tensorrt":
+        install(tmp_path, make_key(trt_version="11.0.0.1"))
+    elif case == "truncated-plan":
+        plan, _ = install(tmp_path, key)
+        plan.write_bytes(PLAN[:-1])
+    assert find_foreign(tmp_path, key) == [] or case.startswith("other")
+    with pytest.raises(PackageError, match=needle) as info:
+        find_engine(pkg, "fp16", key.trt_version, key.gpu_name, key.compute_capability)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"no TensorRT fp16 engine in {tmp_path} for {key.gpu_name}")
+    install(tmp_path, key)  # the right engine beside it is found
+    assert find_engine(pkg, "fp16", key.trt_version, key.gpu_name, key.compute_capability)[0] == key

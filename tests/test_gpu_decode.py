@@ -50,3 +50,27 @@ def test_resize_crop_geometry():
     out = resize_crop(img, 50)  # 100x200 -> 50x100, centre crop columns 25..75
     assert out.shape == (50, 50, 3)
     assert out[:, :20].max() == 0 and out[:, 30:].min() == 255
+
+
+def test_decode_on_device_keeps_every_image_on_the_device(tmp_path):
+    import torch
+
+    from dga.runtime.gpu_decode import JpegBatchDecoder
+
+    jpegs = [_jpeg(tmp_path / f"{i}.jpg", w, h, i) for i, (w, h) in enumerate([(300, 200), (96, 96)])]
+    png = tmp_path / "p.png"
+    Image.new("RGB", (50, 80), (10, 200, 30)).save(png)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a jpeg at all")
+    paths = [str(p) for p in [*jpegs, png, bad]]
+    decoder = JpegBatchDecoder(64, device="cpu", draft=False)
+    on_device = decoder.decode_on_device(paths)
+    as_numpy = decoder.decode(paths)
+    for t, a in zip(on_device[:3], as_numpy[:3], strict=True):
+        assert isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype == torch.uint8
+        assert tuple(t.shape) == (64, 64, 3) and np.array_equal(t.numpy(), a)
+    # The PNG went through the exact CPU path and was then moved to the device: a solid colour stays exact.
+    assert (on_device[2].numpy() == np.array([10, 200, 30], np.uint8)).all()
+    assert isinstance(on_device[3], DecodeError) and on_device[3].reason == "not-an-image"
+    stacked = torch.stack(on_device[:3])  # what a torch runner on the device takes
+    assert tuple(stacked.shape) == (3, 64, 64, 3)

@@ -263,7 +263,7 @@ def test_cli_acceptance(accept, folder, package):
     assert len(good) >= 2000 and len(bad) >= 10
     rows = accept["rows"]
     deploy = json.loads((package / "deploy.json").read_text())
-    assert rows[0] == ["path"] + [f"{c}_{i}" for i in range(1, 6) for c in ("label", "prob")] + ["level_1"]
+    assert rows[0] == ["path"] + [f"{c}_{i}" for i in range(1, 6) for c in ("label", "prob")] + ["level_1", "warnings"]
     paths = [r[0] for r in rows[1:]]
     assert len(paths) == len(set(paths)) == len(good)
     assert set(paths) == {str(root / rel) for rel in good}
@@ -284,11 +284,12 @@ def test_cli_acceptance(accept, folder, package):
 
     s = accept["summary"]
     assert s["images_ok"] == len(good) and s["images_failed"] == len(bad)
+    assert s["files_skipped"] == 4  # labels.csv and README in each part; hidden files are not counted
     assert s["batch_size"] == BATCH and s["backend"].startswith("onnxruntime")
     assert s["batches"] == math.ceil((len(good) + len(bad)) / BATCH)
     assert s["precision"] == "fp32" and s["stopped_early"] is False
     assert s["images_per_s"] > 0 and s["p50_batch_ms"] > 0
-    assert f"{len(good)} images ok, {len(bad)} failed" in proc.stderr
+    assert f"{len(good)} images ok, {len(bad)} failed, 4 non-image files skipped in " in proc.stderr
     print(f"\ndga-infer: {len(good) + len(bad)} files in {accept['wall']:.1f} s "
           f"({s['images_per_s']} images/s, p50 batch {s['p50_batch_ms']} ms)")
 
@@ -354,7 +355,7 @@ def test_predictor_folder_matches_cli(predictor, accept, folder):
     for res, row in zip([r for r in results if r.ok], cli_rows, strict=True):
         assert [lb for lb, _ in res.topk] == row[1:11:2]
         np.testing.assert_allclose([p for _, p in res.topk], [float(v) for v in row[2:11:2]], atol=1e-6)
-        assert res.label == row[1] and [str(v) for v in res.levels] == row[11:]
+        assert res.label == row[1] and [str(v) for v in res.levels] == row[11:-1] and row[-1] == ""
     for res, err in zip([r for r in results if not r.ok], cli_errors, strict=True):
         assert res.message == err["message"] and res.label is None
 
@@ -399,7 +400,7 @@ def test_decode_priority_follows_where_the_model_runs(predictor, monkeypatch):
     if sys.platform.startswith("linux"):  # the decode threads' nice value, run by run
         seen = []
 
-        def fake_decode(path, size, draft=True):
+        def fake_decode(path, size, draft=True, **kw):
             seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
             return np.zeros((size, size, 3), np.uint8)
 
@@ -536,7 +537,7 @@ def _modified_package(package: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("case, needle", [
     ("no-package", "no deployment package"),
-    ("modified-onnx", "sha256"),
+    ("modified-onnx", "model.onnx"),  # refused naming the graph (its digest or its sha256)
     ("unknown-backend", "unknown backend 'cuda'"),
     ("out-folder-missing", "folder does not exist"),
     ("input-missing", "does not exist"),

@@ -358,7 +358,7 @@ def test_background_decode_threads_run_at_lowest_priority(background, tmp_path, 
 
     seen = []
 
-    def fake_decode(path, size, draft=True):
+    def fake_decode(path, size, draft=True, **kw):
         tid = threading.get_native_id()
         seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
         return np.zeros((size, size, 3), np.uint8)
@@ -400,7 +400,7 @@ def test_starved_consumer_moves_decode_to_normal_priority(tmp_path, monkeypatch)
 
     seen = {}
 
-    def slow_decode(path, size, draft=True):
+    def slow_decode(path, size, draft=True, **kw):
         time.sleep(0.02)
         seen[path] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         return np.zeros((size, size, 3), np.uint8)
@@ -443,9 +443,9 @@ def test_result_writer_csv(tmp_path):
         w.flush()
         assert w.count == 2
     rows = _csv_rows(out)
-    assert rows[0] == ["path", "label_1", "prob_1", "label_2", "prob_2", "level_1", "level_2"]
-    assert rows[1] == ["a.jpg", "cat", "0.900000", "dog", "0.050000", "animal", "3"]
-    assert rows[2] == ['odd, "name"\n.jpg', "dog", "0.500000", "", "", "animal", "1"]
+    assert rows[0] == ["path", "label_1", "prob_1", "label_2", "prob_2", "level_1", "level_2", "warnings"]
+    assert rows[1] == ["a.jpg", "cat", "0.900000", "dog", "0.050000", "animal", "3", ""]
+    assert rows[2] == ['odd, "name"\n.jpg', "dog", "0.500000", "", "", "animal", "1", ""]
     with pytest.raises(ValueError):
         ResultWriter(tmp_path / "x.csv", topk=1).write("b.jpg", ["a", "b"], [0.5, 0.5])
 
@@ -513,7 +513,7 @@ def test_resume_of_missing_or_headless_file(tmp_path):
     out.write_bytes(b"path,lab")  # killed while writing the header
     with ResultWriter(out, topk=1, resume=True) as w:
         w.write("b.jpg", ["x"], [1.0])
-    assert _csv_rows(out) == [["path", "label_1", "prob_1"], ["b.jpg", "x", "1.000000"]]
+    assert _csv_rows(out) == [["path", "label_1", "prob_1", "warnings"], ["b.jpg", "x", "1.000000", ""]]
 
 
 def test_error_writer_resume(tmp_path):
@@ -554,6 +554,7 @@ def test_summary():
     assert d == {
         "images_ok": 90,
         "images_failed": 10,
+        "files_skipped": 0,
         "wall_s": 4.5,
         "images_per_s": 20.0,
         "batches": 5,
@@ -564,7 +565,10 @@ def test_summary():
     }
     line = s.line()
     assert line == str(s)
-    assert "\n" not in line and "90 images ok, 10 failed" in line and "p99 49.6 ms" in line
+    assert "\n" not in line and "90 images ok, 10 failed, 0 non-image files skipped in 4.5 s" in line
+    assert "p99 49.6 ms" in line
+    assert Summary(1, 0, 1.0, skipped=7).to_json()["files_skipped"] == 7
+    assert "1 images ok, 0 failed, 7 non-image files skipped" in Summary(1, 0, 1.0, skipped=7).line()
     empty = Summary(0, 0, 0.0, [], "torch", 8)
     assert empty.p50_batch_ms is None and empty.images_per_s == 0.0 and "n/a" in empty.line()
 
@@ -585,7 +589,7 @@ def test_permission_error_is_unreadable(good, monkeypatch):
 def test_empty_level_names_mean_no_level_columns(tmp_path):
     with ResultWriter(tmp_path / "p.csv", topk=1, level_names=[]) as w:
         w.write("a.jpg", ["x"], [1.0], None)
-    assert _csv_rows(tmp_path / "p.csv") == [["path", "label_1", "prob_1"], ["a.jpg", "x", "1.000000"]]
+    assert _csv_rows(tmp_path / "p.csv") == [["path", "label_1", "prob_1", "warnings"], ["a.jpg", "x", "1.000000", ""]]
 
 
 def test_eval_image_resamples_the_crop_box_like_resize_then_crop():
@@ -616,3 +620,184 @@ def test_eval_image_resamples_the_crop_box_like_resize_then_crop():
     # Already the right size on the shorter side: a plain crop, exactly.
     img = Image.fromarray(rng.integers(0, 256, (192, 300, 3), dtype=np.uint8))
     np.testing.assert_array_equal(eval_image(img, 192), np.asarray(img)[:, 54:246])
+
+
+# --- the folder walk: Pillow's formats, skipped files -------------------------------------------
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_listing_takes_pillows_formats_and_names_what_it_skips(tmp_path):
+    from dga.runtime.listing import scan_inputs
+
+    img = Image.fromarray(_noise(20, 30))
+    images = {"a.tga": "TGA", "b.ico": "ICO", "c.pcx": "PCX", "d.sgi": "SGI", "e.qoi": "QOI", "f.dds": "DDS",
+              **({"g.jp2": "JPEG2000"} if features.check("jpg_2000") else {}),
+              **({"h.avif": "AVIF"} if features.check("avif") else {})}
+    for name, fmt in images.items():
+        (tmp_path / name).write_bytes(_encoded(img, fmt))
+    (tmp_path / "qoi.bin").write_bytes(_encoded(img, "QOI"))  # no extension: QOI's own signature test
+    skipped = {
+        # XBM's loose signature test accepts it, XBM's header parser does not.
+        "defs.h": (b"#define WIDTH 8\n", "not an image (no image extension or signature)"),
+        "weights.h5": (b"\x89HDF\r\n\x1a\n" + bytes(64), "HDF5 file, which Pillow cannot decode here"),
+        "doc.pdf": (b"%PDF-1.7\n", "PDF file, which Pillow cannot decode here"),
+        "movie.mpg": (b"\x00\x00\x01\xb3\x14\x00\xf0\x13" + bytes(64), "MPEG file, which Pillow cannot decode here"),
+        "README": (b"text\n", "not an image (no image extension or signature)"),
+    }
+    for name, (data, _) in skipped.items():
+        (tmp_path / name).write_bytes(data)
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "latest").symlink_to(tmp_path / "nowhere")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    listing = scan_inputs(tmp_path)
+    assert [p.name for p in listing.files] == sorted([*images, "qoi.bin"])
+    whys = {name: why for name, (_, why) in skipped.items()}
+    assert {s.path.name: s.why for s in listing.skipped} == {
+        **whys, "pipe.png": "not a regular file", "latest": "dangling link"}
+    assert [s.path.name for s in listing.skipped] == sorted(s.path.name for s in listing.skipped)
+    for name in images:
+        assert decode_image(tmp_path / name, S).shape == (S, S, 3), name
+
+
+def test_unreadable_subfolder_is_skipped_with_why(tmp_path, monkeypatch):
+    """What chmod 000 on a sub-folder gives a non-root user, simulated (root reads anything)."""
+    from dga.runtime import listing
+
+    (tmp_path / "locked").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "locked" / "x.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "y.png")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(listing.os, "scandir", scandir)
+    told = []
+    found = listing.scan_inputs(tmp_path, on_error=lambda folder, exc: told.append(folder))
+    assert found.files == [tmp_path / "y.png"] and told == [tmp_path / "locked"]
+    assert [(s.path, s.why) for s in found.skipped] == [
+        (tmp_path / "locked", "folder cannot be read (Permission denied)")]
+
+
+def test_skipped_line_is_always_one_line():
+    from dga.runtime.listing import SkippedFile
+
+    assert SkippedFile(Path("photos/notes.txt"), "not an image").line() == "skipped: photos/notes.txt (not an image)"
+    assert SkippedFile(Path("a\nb"), "x").line() == 'skipped: "a\\nb" (x)'
+    assert SkippedFile(Path(os.fsdecode(b"caf\xe9")), "x").line() == 'skipped: "caf\\udce9" (x)'
+
+
+# --- Pillow's warnings ------------------------------------------------------------------------
+
+
+def _jpeg_with_broken_exif() -> bytes:
+    """A JPEG whose EXIF Make tag points past the end: Pillow warns while reading the orientation."""
+    ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x010F, 2, 100, 0x1000) + struct.pack("<I", 0)
+    exif = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
+    return _encoded(Image.fromarray(_noise(20, 30)), "JPEG", exif=exif)
+
+
+def test_pillow_warnings_belong_to_the_file_across_threads(tmp_path):
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "warns.jpg").write_bytes(_jpeg_with_broken_exif())
+    Image.fromarray(_noise(20, 30)).save(tmp_path / "clean.jpg")
+    jobs = [tmp_path / ("warns.jpg" if i % 3 == 0 else "clean.jpg") for i in range(48)]
+
+    def run(path):
+        notes = []
+        decode_image(path, S, record_warnings=notes)
+        return path.name, notes
+
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(run, jobs))
+        warnings.warn("a warning of someone else's", UserWarning, stacklevel=1)  # other code warns as before
+    for name, notes in results:
+        if name == "warns.jpg":
+            assert len(notes) == 1 and "Skipping tag 271" in notes[0] and "\n" not in notes[0]
+        else:
+            assert notes == []
+    assert [str(w.message) for w in leaked] == ["a warning of someone else's"]  # nothing raw from the decodes
+    assert leaked[0].filename == __file__  # attributed to the caller, through the wrapper
+    # Without a list to record into, the warning is issued as before (training's decodes).
+    with pytest.warns(UserWarning, match="Skipping tag 271"):
+        decode_image(tmp_path / "warns.jpg", S)
+    notes = []
+    with pytest.raises(DecodeError):
+        decode_bytes(_jpeg_with_broken_exif()[:300], S, record_warnings=notes)  # warned, then failed
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_formats_pillow_cannot_decode_and_cut_tiffs():
+    mpeg = b"\x00\x00\x01\xb3\x14\x00\xf0\x13" + bytes(64)
+    with pytest.raises(DecodeError) as info:
+        decode_bytes(mpeg, S)
+    assert info.value.reason == "unsupported" and "MPEG" in info.value.message
+    # libtiff writes the directory after the pixels: a cut file loses it, yet it is truncated, not corrupt.
+    lzw = _encoded(Image.fromarray(_smooth(64, 96)), "TIFF", compression="tiff_lzw")
+    with pytest.raises(DecodeError) as info:
+        decode_bytes(lzw[: len(lzw) // 2], S, record_warnings=[])
+    assert info.value.reason == "truncated"
+
+
+# --- writers: whole lines, any name -------------------------------------------------------------
+
+
+def test_writer_keeps_rows_whole_between_flushes(tmp_path):
+    """Rows reach the file only at flush, as complete lines: a kill between flushes leaves no half row."""
+    out = tmp_path / "p.csv"
+    w = ResultWriter(out, "csv", topk=1)
+    header = out.read_bytes()
+    assert header == b"path,label_1,prob_1,warnings\n"  # on disk at once: a resume recognises the file
+    for i in range(300):  # ~15 KB: more than any stream buffer, which would have written part of a row
+        w.write(f"folder/sub/image_{i:05d}_with_a_long_name.jpg", ["label"], [0.5])
+    assert out.read_bytes() == header
+    w.flush()
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and len(_csv_rows(out)) == 301
+    w.close()
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_any_file_name_round_trips_and_resumes(tmp_path, fmt):
+    names = ["with space.jpg", "new\nline.jpg", "carriage\rreturn.jpg", 'comma, "quote".jpg', "ünï.jpg",
+             os.fsdecode(b"caf\xe9.jpg"), "tab\there.jpg"]
+    out = tmp_path / f"p.{fmt}"
+    with ResultWriter(out, fmt, topk=1) as w:
+        for i, name in enumerate(names):
+            w.write(name, ["cat"], [0.5], warnings=["first warning", "second\nwarning"] if i == 0 else ())
+    if fmt == "csv":
+        with open(out, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert rows[0][-1] == "warnings" and [r[0] for r in rows[1:]] == names
+        assert rows[1][-1] == "first warning | second warning" and rows[2][-1] == ""
+    else:
+        rows = [json.loads(line) for line in out.read_bytes().decode("ascii").splitlines()]
+        assert [r["path"] for r in rows] == names
+        assert rows[0]["warnings"] == ["first warning", "second warning"] and "warnings" not in rows[1]
+    assert os.fsencode(names[5]) == b"caf\xe9.jpg"
+    with ResultWriter(out, fmt, topk=1, resume=True) as w:
+        assert w.done_paths() == set(names)
+        assert not any(w.write(name, ["dog"], [0.1]) for name in names)
+
+
+def test_error_writer_records_warnings(tmp_path):
+    out = tmp_path / "errors.jsonl"
+    with ErrorWriter(out) as w:
+        w.write("a.jpg", "truncated", "a.jpg is truncated.", ["Corrupt EXIF data."])
+        w.write("b.jpg", "empty", "b.jpg is empty.")
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"path": "a.jpg", "reason": "truncated", "message": "a.jpg is truncated.", "warnings": ["Corrupt EXIF data."]},
+        {"path": "b.jpg", "reason": "empty", "message": "b.jpg is empty."},
+    ]

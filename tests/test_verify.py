@@ -89,7 +89,7 @@ def test_package_holds_golden_outputs(tiny_package):
 
     pkg = DeployPackage.load(tiny_package)
     facts = pkg.facts
-    assert facts["version"] == 2 and facts["reference"]["file"] == "reference.npz"
+    assert facts["version"] == 3 and facts["reference"]["file"] == "reference.npz"
     assert set(facts["files"]) == {"model.onnx", "model.fp16.onnx", "reference.npz"}
     for name, record in facts["files"].items():
         assert record == file_record(tiny_package / name)
@@ -213,10 +213,15 @@ def test_changed_reference_fails_the_runners(tiny_package, tmp_path):
 
 
 def test_unloadable_graph_is_a_failure_not_a_skip(tiny_package, tmp_path):
+    import onnx
+
     from dga.runtime import verify
 
     pkg = _copy(tiny_package, tmp_path)
-    (pkg / "model.fp16.onnx").write_bytes(b"not an onnx graph")
+    # A model without a graph, carrying the real graph's metadata (so the manifest digest matches).
+    broken = onnx.ModelProto(ir_version=10)
+    broken.metadata_props.extend(onnx.load(str(pkg / "model.fp16.onnx"), load_external_data=False).metadata_props)
+    (pkg / "model.fp16.onnx").write_bytes(broken.SerializeToString())
     _rehash(pkg, "model.fp16.onnx")
     rows = {(c.runner, c.provider, c.precision): c for c in verify(pkg).checks}
     bad = rows[("onnxruntime", "cpu", "fp16")]
@@ -228,7 +233,7 @@ def test_unloadable_graph_is_a_failure_not_a_skip(tiny_package, tmp_path):
     ("onnx-byte", "model.onnx does not match the sha256"),
     ("reference-byte", "reference.npz does not match the sha256"),
     ("missing-file", "model.fp16.onnx is missing"),
-    ("version-1", "is package version 1; this dga reads version 2"),
+    ("version-1", "is package version 1; this dga reads version 3"),
     ("foreign", "is not a dga deployment manifest"),
     ("no-reference", "lacks 'reference'"),
     ("not-a-package", "no deployment package at"),
@@ -316,3 +321,55 @@ def test_external_data_is_part_of_the_package(external_package, tmp_path):
         Predictor.from_package(moved, backend="onnxruntime")
     with pytest.raises(PackageError, match="model.onnx.data does not match"):
         verify(moved)
+
+
+# ----------------------------------------------------------------------------------------------
+# the torch-cuda runner's rows
+
+
+def test_torch_cuda_rows_are_skipped_with_the_reason_without_cuda(report):
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA GPU")
+    rows = [c for c in report.checks if c.runner == "torch-cuda"]
+    assert [(c.provider, c.precision) for c in rows] == [("gpu", "fp32"), ("gpu", "fp16")]  # the package's order
+    for c in rows:
+        assert c.status == "skipped" and c.max_abs_diff is None
+        assert c.reason.startswith("the torch-cuda backend needs a CUDA GPU and torch sees none")
+    # No CUDA is the runner's, not a precision's: its second row took no child process of its own.
+    assert rows[1].seconds == 0.0 and rows[0].seconds > 0.0
+
+
+def test_require_torch_cuda_fails_without_cuda(tiny_package):
+    from dga.runtime import verify
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA GPU")
+    strict = verify(tiny_package, require=["torch-cuda"])
+    assert not strict.ok and strict.required == ["torch-cuda"]
+    rows = [c for c in strict.checks if c.runner == "torch-cuda"]
+    assert rows and all(c.status == "FAIL" and c.reason.startswith("required (--require torch-cuda) but skipped: "
+                                                                   "the torch-cuda backend needs a CUDA GPU")
+                        for c in rows)
+    assert all(c.status == "pass" for c in strict.checks if c.runner == "onnxruntime" and c.provider == "cpu")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_cuda_child_on_the_cpu_is_judged_by_its_precision(tiny_package, tmp_path, precision):
+    """The child's torch-cuda path with device "cpu" (the same code minus CUDA graphs), judged as dga-verify does."""
+    from dga.runtime.compare import judge
+    from dga.runtime.package import DeployPackage
+    from dga.runtime.verifier import SINGLE_IMAGES
+    from dga.runtime.verify_child import run
+
+    spec = {"package": str(tiny_package), "runner": "torch-cuda", "provider": "gpu", "precision": precision,
+            "device": "cpu", "bundle": None, "single_images": SINGLE_IMAGES, "out": str(tmp_path)}
+    result = run(spec)
+    assert result == {"status": "ran", "name": "torch-cuda:cpu", "provider": "cpu"}
+    pkg = DeployPackage.load(tiny_package)
+    ref = pkg.reference()
+    logits = np.load(tmp_path / "logits.npy")
+    expected = np.concatenate([ref.logits, ref.logits[:SINGLE_IMAGES]])
+    outcome = judge(expected, logits, precision, pkg.tolerances)
+    assert outcome.passed, outcome
+    if precision == "fp32":
+        assert outcome.max_abs_diff <= 1e-4

@@ -3,16 +3,20 @@
 Reproducibility: each epoch reseeds torch from (seed, epoch) before drawing shuffles,
 augmentations and random crops, so a run resumed at an epoch boundary continues exactly as
 an uninterrupted one would (on the CPU; CUDA kernels may differ in the last bits).
+
+Memory (train/memory.py): a step may run its batch in micro-batches with gradient accumulation,
+and the encoder may recompute its blocks in the backward pass (gradient checkpointing); both
+give the update of the whole batch, to float rounding.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +29,14 @@ from dga.fsutil import atomic_write
 from dga.train.config import TrainConfig
 from dga.train.data.images import ImageListDataset, eval_transform, train_transform
 from dga.train.evaluate import accuracy_report, predict
+from dga.train.memory import MemoryPlan
 from dga.train.methods import MethodSpec
 from dga.train.model import ReprogramModel
+from dga.train.resume import as_stored, load_state, save_state
+from dga.train.views import slice_crops
 
-STATE_FILE = "last.pt"
+STATE_FILE = "last.safetensors"  # train/resume.py: safetensors + JSON, no pickle
+LEGACY_STATE_FILE = "last.pt"  # the pickle older releases wrote: never loaded
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -57,10 +65,17 @@ def cosine_factor(iteration: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(iteration, total) / max(total, 1)))
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+@contextmanager
+def grad_checkpointing(model: ReprogramModel, enabled: bool):
+    """Encoder blocks recomputed in the backward pass inside the block (training steps only)."""
+    if not enabled:
+        yield
+        return
+    model.backbone.set_grad_checkpointing(True)
+    try:
+        yield
+    finally:
+        model.backbone.set_grad_checkpointing(False)
 
 
 @dataclass
@@ -74,8 +89,12 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, model: ReprogramModel, spec: MethodSpec, cfg: TrainConfig, train_items, val_items,
-                 workdir: Path, fingerprint: dict, progress: bool | None = None):
+                 workdir: Path, fingerprint: dict, progress: bool | None = None, memory: MemoryPlan | None = None):
         self.model, self.spec, self.cfg = model, spec, cfg
+        self.memory = memory or MemoryPlan()
+        # Passes without gradients (validation, PRM counting) need less memory per image than a
+        # training step, so the micro-batch size that fits a step fits them as well.
+        self.eval_batch_size = self.memory.chunk(cfg.batch_size)
         self.train_items, self.val_items = list(train_items), list(val_items)
         self.workdir = Path(workdir)
         self.fingerprint = fingerprint  # settings a resumed run must share
@@ -85,27 +104,28 @@ class Trainer:
         self.model.to(self.device)
 
     # -- data -------------------------------------------------------------------------------
-    def train_loader(self, epoch: int) -> DataLoader:
-        return make_loader(self.train_items, train_transform(self.s0, self.cfg.crop_scale), self.cfg.batch_size, True,
-                           self.cfg.seed * 100_003 + epoch, self.cfg.workers)
+    def train_loader(self, epoch: int, batch_size: int | None = None) -> DataLoader:
+        # The order and augmentations depend on (seed, epoch) only, not on the batch size.
+        return make_loader(self.train_items, train_transform(self.s0, self.cfg.crop_scale),
+                           batch_size or self.cfg.batch_size, True, self.cfg.seed * 100_003 + epoch, self.cfg.workers)
 
     def val_loader(self) -> DataLoader:
-        return make_loader(self.val_items, eval_transform(self.s0), self.cfg.batch_size, False, 0, self.cfg.workers)
+        return make_loader(self.val_items, eval_transform(self.s0), self.eval_batch_size, False, 0, self.cfg.workers)
 
     def iters_per_epoch(self) -> int:
         return math.ceil(len(self.train_items) / self.cfg.batch_size)
 
     # -- state --------------------------------------------------------------------------------
     def _save_state(self, epoch, opt, sched, scaler, best, metrics) -> None:
-        atomic_torch_save({
+        save_state(self.workdir / STATE_FILE, {
             "fingerprint": self.fingerprint, "epoch": epoch, "model": self.model.learned_state(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
             "best": best, "metrics": metrics,
-        }, self.workdir / STATE_FILE)
+        })
 
     def _load_state(self, opt, sched, scaler):
-        state = torch.load(self.workdir / STATE_FILE, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
+        state = load_state(self.workdir / STATE_FILE)
+        if state.get("fingerprint") != as_stored(self.fingerprint):  # tuples are stored as lists
             raise ConfigError(
                 f"{self.workdir} holds an interrupted run with other settings; delete it, or drop --resume"
             )
@@ -129,11 +149,16 @@ class Trainer:
         best = {"acc": -1.0, "epoch": -1, "state": None}
         metrics: list[dict] = []
         epoch0 = 0
+        if resume and not (self.workdir / STATE_FILE).exists() and (self.workdir / LEGACY_STATE_FILE).exists():
+            raise ConfigError(
+                f"{self.workdir / LEGACY_STATE_FILE} is a pickled resume state of an older dga, which is not "
+                f"loaded because unpickling a file can run code: drop --resume to train from the start"
+            )
         if resume and (self.workdir / STATE_FILE).exists():
             epoch0, best, metrics = self._load_state(opt, sched, scaler)
         elif self.spec.on_train_start:
             seed_everything(cfg.seed * 100_003 - 1)
-            self.spec.on_train_start(model, lambda: self.train_loader(-1), device)
+            self.spec.on_train_start(model, lambda: self.train_loader(-1, self.eval_batch_size), device)
         epochs = range(epoch0, cfg.epochs)
         bar = None
         if self.progress:
@@ -144,23 +169,16 @@ class Trainer:
             seed_everything(cfg.seed * 100_003 + epoch)
             model.train()
             loss_sum, correct, seen, t0 = 0.0, 0, 0, time.time()
-            for x, y in self.train_loader(epoch):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    out = model(x)
-                    loss = model.loss(out, y)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr (now {cfg.lr})")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                loss_sum += loss.item() * len(y)
-                correct += (out.logits.argmax(1) == y).sum().item()
-                seen += len(y)
+            with grad_checkpointing(model, self.memory.grad_checkpointing):
+                for x, y in self.train_loader(epoch):
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    batch_loss, batch_correct = self.train_step(x, y, opt, scaler, use_amp, epoch)
+                    sched.step()
+                    loss_sum += batch_loss
+                    correct += batch_correct
+                    seen += len(y)
             if self.spec.on_epoch_end:
-                self.spec.on_epoch_end(model, lambda e=epoch: self.train_loader(e), device)
+                self.spec.on_epoch_end(model, lambda e=epoch: self.train_loader(e, self.eval_batch_size), device)
             val_acc = self.validate()
             row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": 100.0 * correct / max(seen, 1), "val_acc": val_acc,
@@ -181,6 +199,37 @@ class Trainer:
             load_learned_state(model, best["state"])
         best_acc = best["acc"] if self.val_items else None
         return TrainResult(best_acc, best["epoch"], len(metrics), time.time() - start, metrics)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, opt, scaler, use_amp: bool = False,
+                   epoch: int = 0) -> tuple[float, int]:
+        """One optimiser step on the batch (x, y); returns (summed loss, correct predictions).
+
+        The forward/backward runs in micro-batches of ``memory.micro_batch`` images. Every method's
+        loss is a mean over images of per-image terms (cross-entropies of logits that UPF, HKP, the
+        level heads and DVP's PRM compute image by image; the PRM itself changes between epochs
+        only), so the micro-batch means weighted by their shares n_i / N sum to the batch mean,
+        and one step on the accumulated gradient is the step of the whole batch. The batch's
+        random crops are drawn up front in the order a single forward pass draws them, so the
+        crops and the random stream do not depend on the split either.
+        """
+        model, n = self.model, len(y)
+        crops = model.stack.draw_crops(n) if model.training else None
+        chunk = self.memory.chunk(n)
+        opt.zero_grad(set_to_none=True)
+        loss_sum, correct = 0.0, 0
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=use_amp):
+                out = model(x[lo:hi], crops=slice_crops(crops, lo, hi) if crops is not None else None)
+                loss = model.loss(out, y[lo:hi])
+            if not torch.isfinite(loss):
+                raise ConfigError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr (now {self.cfg.lr})")
+            scaler.scale(loss if hi - lo == n else loss * ((hi - lo) / n)).backward()
+            loss_sum += loss.item() * (hi - lo)
+            correct += (out.logits.argmax(1) == y[lo:hi]).sum().item()
+        scaler.step(opt)
+        scaler.update()
+        return loss_sum, correct
 
     def validate(self) -> float | None:
         if not self.val_items:

@@ -72,6 +72,9 @@ class TensorRTRunner:
         self.device = torch.device("cuda", device)
         props = torch.cuda.get_device_properties(self.device)
         key, plan_path = find_engine(package, precision, trt.__version__, props.name, f"{props.major}.{props.minor}")
+        # The engine is keyed on the graph's sha256 as deploy.json records it; hashing the graph (and
+        # checking the manifest digest it carries) binds deploy.json's facts (classes, S0) to the engine.
+        package.onnx_path(precision)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         with open(plan_path, "rb") as fh:
