@@ -33,7 +33,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RESULTS_LABEL = "bench/results"  # how the default results folder is named on the page
 REGENERATE = "python -m dga.bench.render --out docs/benchmarks/results.md"
 SKIP_DIRS = {"data", "bundles", "splits"}  # dga-compare's working folders (not results)
-EAGER = "eager per-view loop (papers)"
+EAGER = "eager per-view loop (papers)"  # the kinds of dga-bench rows (bench/run.py)
+FUSED_TORCH = "fused, one encoder pass"
+STACKED = "views stacked, open_clip encoder"
+ONNX = "fused ONNX graph"
 # The rows of dga-compare in the order of its table (bench/methods.py: ROWS); others follow as stored.
 ROW_ORDER = ("zero-shot", "VP", "AR", "AttrVR", "DVP-cse", "DVP-cls", "DGA", "DGA w/o HKP", "DGA w/o SG",
              "DGA w/o UPF", "DGA w/o VG")
@@ -131,7 +134,7 @@ def machine_text(m: dict) -> str:
     parts = []
     if m.get("gpu"):
         parts.append(f"GPU {m['gpu']}")
-    cpu = m.get("cpu") or m.get("processor")
+    cpu = m.get("cpu_model") or m.get("cpu") or m.get("processor")
     if cpu:
         parts.append(f"CPU {cpu}" + (f" × {m['cpu_count']}" if m.get("cpu_count") else ""))
     if m.get("platform"):
@@ -226,19 +229,49 @@ def render_compare(path: Path, data: dict, shown: str) -> list[str]:
 
 # -- dga-bench ------------------------------------------------------------------------------------
 
+# The targets a real-size CPU run is judged against (docs/benchmarks/index.md explains each).
+TARGET_VS_EAGER = 1.0  # fused ONNX fp32 against the eager loop, at every batch size
+TARGET_ROOFLINE = 0.90  # fused ONNX fp32: share of the measured matmul peak
+TARGET_OF_CEILING = 0.95  # end-to-end: share of the shared-core ceiling
+
+
 def _eager(rows: list[dict]) -> dict[int, float]:
     """images/s of the eager loop by batch size: the baseline of the speed-up columns (one device per run)."""
     return {r["batch"]: r["images_per_s"] for r in rows if r.get("kind") == EAGER}
 
 
+def vs_eager(row: dict, eager: dict[int, float]) -> float | None:
+    """Speed of a row over the eager loop: the median of the rounds' own ratios where recorded (newer
+    files), otherwise the ratio of the medians."""
+    ratio = row.get("vs_eager")
+    if isinstance(ratio, dict) and isinstance(ratio.get("median"), int | float):
+        return ratio["median"]
+    base = eager.get(row["batch"])
+    return row["images_per_s"] / base if base else None
+
+
+def roofline(row: dict, lim: dict) -> float | None:
+    """The row's FLOP/s (encoder FLOPs per image x images/s) over the measured matmul peak."""
+    if isinstance(row.get("roofline"), int | float):
+        return row["roofline"]
+    try:
+        return row["images_per_s"] * lim["encoder_flops_per_view"] * lim["views"] / lim["peak_matmul_flops_per_s"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
 def bench_rebuilt(path: Path, data: dict, shown: str) -> list[str]:
     rows = data["rows"]
     batches = sorted({r["batch"] for r in rows})
-    backends = [b for b, kind in (("torch", "fused, one encoder pass"), ("onnxruntime", "fused ONNX graph"))
-                if any(r.get("kind") == kind for r in rows)]
-    precisions = sorted({r["precision"] for r in rows if r.get("kind") == "fused ONNX graph"})
-    argv = ["dga-bench", "--ckpt", str(data.get("bundle", "BUNDLE")), "--out", shown.rsplit("/", 1)[0],
-            "--name", path.stem,
+    kinds = {(r.get("kind"), str(r.get("backend", "")).endswith("compiled")) for r in rows}
+    backends = [b for b, kind in (("torch", (FUSED_TORCH, False)), ("torch-stacked", (STACKED, False)),
+                                  ("torch-compile", (STACKED, True)), ("onnxruntime", (ONNX, False)))
+                if kind in kinds]
+    precisions = list(dict.fromkeys(r["precision"] for r in rows if r.get("kind") == ONNX))
+    built = data.get("bundle_built")
+    source = (["--backbone", str(built.get("backbone"))] if isinstance(built, dict)
+              else ["--ckpt", str(data.get("bundle", "BUNDLE"))])
+    argv = ["dga-bench", *source, "--out", shown.rsplit("/", 1)[0], "--name", path.stem,
             "--batch-sizes", ",".join(map(str, batches))]
     if backends:
         argv += ["--backends", ",".join(backends)]
@@ -257,26 +290,157 @@ def bench_rebuilt(path: Path, data: dict, shown: str) -> list[str]:
     return argv
 
 
-def render_bench(path: Path, data: dict, shown: str) -> list[str]:
+def _range(s: object, fmt: str, unit: str = "") -> str:
+    """"median (min–max)" of a ``measure.spread`` record."""
+    if not isinstance(s, dict) or not isinstance(s.get("median"), int | float):
+        return "–"
+    return f"{format(s['median'], fmt)}{unit} ({format(s['min'], fmt)}–{format(s['max'], fmt)})"
+
+
+def bench_model_line(data: dict) -> str:
+    built = data.get("bundle_built")
+    what = (f"an untrained bundle built by `--backbone` ({cell(built.get('pretrained'))} weights, "
+            f"{cell(built.get('classes'))} classes)" if isinstance(built, dict) else f"bundle `{data.get('bundle')}`")
+    return (f"Model: {data.get('method')} with {data.get('views')} views, backbone {data.get('backbone')}, "
+            f"S0 {data.get('s0')}, {what}.")
+
+
+def plan_lines(data: dict) -> list[str]:
+    plan = data.get("plan")
+    if not isinstance(plan, dict):
+        return []
+    budget = data.get("budget_s")
+    parts = [f"batch sizes {', '.join(map(str, plan.get('batch_sizes', [])))}",
+             f"{plan.get('rounds')} interleaved rounds of {plan.get('repeat')} timed calls "
+             f"(at least {num(plan.get('min_time_s'), 'g')} s) per configuration",
+             f"end-to-end {plan.get('e2e_images')} images in batches of {plan.get('e2e_batch')}, "
+             f"{plan.get('e2e_rounds')} rounds"]
+    text = "Plan: " + "; ".join(parts)
+    if budget:
+        gave = ", ".join(plan.get("gave_up") or []) or "nothing"
+        text += (f". Budget {num(budget, '.0f')} s: {num(plan.get('available_s'), '.0f')} s were left for the rounds "
+                 f"after building and exporting, predicted {num(plan.get('estimated_s'), '.0f')} s; reduced to fit: "
+                 f"{cell(gave)}" + ("" if plan.get("fits", True) else " (and still predicted over the budget)"))
+    text += f". Wall time {num(data.get('wall_s'), '.0f')} s"
+    phases = data.get("phases_s")
+    if isinstance(phases, dict) and phases:
+        text += " (" + ", ".join(f"{cell(k.replace('_', ' '))} {num(v, '.0f')} s" for k, v in phases.items()) + ")"
+    return [text + ".", ""]
+
+
+def chunk_lines(data: dict) -> list[str]:
+    lines = []
+    for backend, chunk in (data.get("runner_chunks") or {}).items():  # files written before the chunk was measured
+        lines.append(f"{backend} called the graph on slices of at most {chunk} images.")
+    for precision, c in (data.get("cpu_chunks") or {}).items():
+        if not isinstance(c, dict):
+            continue
+        size = "the whole batch in one call" if c.get("chunk") is None else f"{c['chunk']} image(s) per call"
+        how = {"measured": "measured at load", "cache": "from the cache of an earlier measurement",
+               "argument": "set by the caller", "environment": "set by DGA_ORT_CPU_CHUNK"}.get(c.get("source"),
+                                                                                                c.get("source"))
+        times = c.get("per_image_ms")
+        probe = ("; probe (images per call: ms per image) "
+                 + ", ".join(f"{n}: {num(v, '.1f')}" for n, v in times.items()) if isinstance(times, dict) and times
+                 else "")
+        lines.append(f"ONNX Runtime CPU chunk, {cell(precision)}: {size} ({how}){probe}.")
+    return [line for item in lines for line in (item, "")]
+
+
+def agreement_lines(data: dict) -> list[str]:
+    rows = data.get("agreement") or []
+    if not rows:
+        return []
+    lines = [f"Top-1 agreement with the eager loop (torch fp32) on the {rows[0].get('images')} benchmark images of "
+             "the largest batch:", "", "| what | backend | precision | top-1 agreement | max abs logit difference |",
+             "|---|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {cell(r.get('kind'))} | {cell(r.get('backend'))} | {cell(r.get('precision'))} | "
+                     f"{pct(r.get('top1_agreement'), 1)} | {num(r.get('max_abs_logit_diff'), '.2g')} |")
+    return lines + [""]
+
+
+def setup_lines(data: dict) -> list[str]:
+    lines = []
+    comp = data.get("compile")
+    if isinstance(comp, dict):
+        if comp.get("error"):
+            lines.append(f"torch.compile gave no rows: {cell(comp['error'])} (after "
+                         f"{num(comp.get('compile_s'), '.0f')} s, limit {num(comp.get('timeout_s'), '.0f')} s).")
+        else:
+            lines.append(f"torch.compile took {num(comp.get('compile_s'), '.0f')} s before its first timed call.")
+    for precision, q in (data.get("quantize") or {}).items():
+        if isinstance(q, dict):
+            calib = (f", calibrated on {q['calibration_images']} images" if q.get("calibration_images") else "")
+            lines.append(f"{cell(precision)} graph quantized from the fp32 graph in {num(q.get('seconds'), '.0f')} s"
+                         f"{calib}.")
+    return [line for item in lines for line in (item, "")]
+
+
+def targets(data: dict) -> list[tuple[str, str, str]]:
+    """(target, what the file measured, met?) for the CPU targets, from the file's own rows."""
+    rows, lim = data["rows"], data.get("limit") or {}
+    eager = _eager(rows)
+    onnx = {r["batch"]: r for r in rows if r.get("kind") == ONNX and r.get("precision") == "fp32"}
+    out = []
+    if onnx:
+        ratios = {b: vs_eager(r, eager) for b, r in sorted(onnx.items())}
+        known = [v for v in ratios.values() if v is not None]
+        if known:
+            out.append((f"fused ONNX fp32 ≥ {TARGET_VS_EAGER:.1f}x the eager loop at every batch",
+                        ", ".join(f"batch {b}: {num(v, '.2f')}x" for b, v in ratios.items()),
+                        "yes" if min(known) >= TARGET_VS_EAGER else "no"))
+        roofs = {b: roofline(r, lim) for b, r in sorted(onnx.items())}
+        known = [v for v in roofs.values() if v is not None]
+        if known:
+            out.append((f"fused ONNX fp32 ≥ {100 * TARGET_ROOFLINE:.0f} % of the measured matmul peak at every batch",
+                        ", ".join(f"batch {b}: {pct(v)}" for b, v in roofs.items()),
+                        "yes" if min(known) >= TARGET_ROOFLINE else "no"))
+    int8 = [r for r in rows if r.get("kind") == ONNX and str(r.get("precision", "")).startswith("int8")]
+    limit_ips = lim.get("limit_images_per_s")
+    if int8 and isinstance(limit_ips, int | float):
+        best = max(int8, key=lambda r: r["images_per_s"])
+        out.append(("int8 above the fp32 roofline (the fp32 matmul peak's images/s)",
+                    f"best {best['precision']} at batch {best['batch']}: {pct(best['images_per_s'] / limit_ips)}",
+                    "yes" if best["images_per_s"] > limit_ips else "no"))
+    e = data.get("end_to_end") or {}
+    if isinstance(e.get("of_ceiling"), int | float):
+        out.append((f"end-to-end ≥ {100 * TARGET_OF_CEILING:.0f} % of the shared-core ceiling",
+                    f"{pct(e['of_ceiling'])} (ceiling {pct(e.get('shared_core_ceiling'))} of model-only)",
+                    "yes" if e["of_ceiling"] >= TARGET_OF_CEILING else "no"))
+    return out
+
+
+def render_bench(path: Path, data: dict, shown: str, md_beside: bool | None = None) -> list[str]:
     rows = data["rows"]
-    beside = f" (and `{path.stem}.md` beside it)" if path.with_suffix(".md").is_file() else ""
-    lines = [f"### {path.stem}", "", f"File: `{shown}`{beside}", ""]
+    lim = data.get("limit") or {}
+    beside = path.with_suffix(".md").is_file() if md_beside is None else md_beside
+    lines = [f"### {path.stem}", "", f"File: `{shown}`" + (f" (and `{path.stem}.md` beside it)" if beside else ""), ""]
     lines += command_lines(data, bench_rebuilt(path, data, shown))
     lines += [f"Date: {data.get('date', 'not recorded')}. Machine: {machine_text(data.get('machine', {}))}.", "",
-              f"Model: {data.get('method')} with {data.get('views')} views, backbone {data.get('backbone')}, "
-              f"S0 {data.get('s0')}, bundle `{data.get('bundle')}`.", ""]
+              bench_model_line(data), ""]
+    lines += plan_lines(data)
     eager = _eager(rows)
-    lines += ["| what | backend | precision | batch | images/s | vs eager loop | latency ms (median) | "
-              "p90 ms | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| what | backend | precision | batch | images/s | vs eager loop | ms per image | roofline | "
+              "latency ms (median) | p90 ms | peak RSS MB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        base = eager.get(r["batch"])
-        speedup = "" if r.get("kind") == EAGER or not base else f"{r['images_per_s'] / base:.2f}x"
+        ratio = vs_eager(r, eager)
+        speedup = "" if r.get("kind") == EAGER or ratio is None else f"{ratio:.2f}x"
+        if speedup and isinstance(r.get("vs_eager"), dict):
+            speedup += f" ({r['vs_eager']['min']:.2f}–{r['vs_eager']['max']:.2f})"
+        per_image = _range(r.get("ms_per_image"), ".1f") if "ms_per_image" in r else num(
+            r.get("latency_ms", 0) / r["batch"] if r.get("batch") else None)
+        ips = r.get("images_per_s")
         lines.append(f"| {cell(r['kind'])} | {cell(r['backend'])} | {r['precision']} | {r['batch']} | "
-                     f"{num(r.get('images_per_s'))} | {speedup} | {num(r.get('latency_ms'))} | "
-                     f"{num(r.get('p90_ms'))} | {num(r.get('peak_rss_mb'), '.0f')} |")
+                     f"{num(ips, '.1f' if not isinstance(ips, int | float) or ips >= 10 else '.2f')} | {speedup} | "
+                     f"{per_image} | {pct(roofline(r, lim))} | "
+                     f"{num(r.get('latency_ms'))} | {num(r.get('p90_ms'))} | {num(r.get('peak_rss_mb'), '.0f')} |")
     lines.append("")
-    for backend, chunk in (data.get("runner_chunks") or {}).items():
-        lines += [f"{backend} called the graph on slices of at most {chunk} images.", ""]
+    if any("ms_per_image" in r for r in rows):
+        lines += ["Ratios to the eager loop and ms per image: the median over the rounds, (min–max) over the rounds; "
+                  "each round times every configuration once, side by side. Roofline: the row's encoder FLOP/s over "
+                  "the measured matmul peak below.", ""]
+    lines += chunk_lines(data) + setup_lines(data) + agreement_lines(data)
     e = data.get("end_to_end") or {}
     if e:
         lo, hi = (e.get("jpeg_sides_px") or ["?", "?"])[:2]
@@ -321,33 +485,38 @@ def render_bench(path: Path, data: dict, shown: str) -> list[str]:
         lines += [f"CPU steal (time the hypervisor gave to other guests while the run had work): "
                   f"{pct(steal[0]) if steal[0] is not None else '?'} during the table"
                   + (f", per end-to-end round {per_round}" if per_round else "") + ".", ""]
-    lim = data.get("limit") or {}
     if lim:
         by_lib = lim.get("peak_matmul_flops_per_s_by_library") or {}
         peaks = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in by_lib.items())
         fused = [r["images_per_s"] for r in rows if r.get("kind") != EAGER]
         best = max(fused) if fused else None
+        rate = lim["limit_images_per_s"]
+        rate_text = f"{rate:.0f}" if rate >= 10 else f"{rate:.2f}"  # a real-size model on a CPU: below 1
         lines += [f"Physical limit: {lim['encoder_flops_per_view'] / 1e9:.3f} GFLOP per view × {lim['views']} views "
                   f"at a measured {lim['peak_matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul peak"
-                  + (f" ({peaks} GFLOP/s; the fastest counts)" if peaks else "")
-                  + f" = {lim['limit_images_per_s']:.0f} images/s"
-                  + (f"; the fastest fused row reached {100 * best / lim['limit_images_per_s']:.0f} % of it."
-                     if best else "."), ""]
+                  + (f" ({peaks} GFLOP/s; the fastest counts)" if peaks else "") + f" = {rate_text} images/s"
+                  + (f"; the fastest fused row reached {100 * best / rate:.0f} % of it." if best else "."), ""]
+    met = targets(data) if any("vs_eager" in r for r in rows) else []  # files with per-round ratios
+    if met:
+        lines += ["Targets of a CPU run (what each means: [Benchmarks](index.md#targets)):", "",
+                  "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {cell(t)} | {cell(m)} | {ok} |" for t, m, ok in met] + [""]
     return lines
 
 
 def bench_summary(items: list[tuple[Path, dict]]) -> list[str]:
     batches = sorted({r["batch"] for _, d in items for r in d["rows"]})
-    head = ["file", "date", "backbone", *(f"ONNX vs eager, batch {b}" for b in batches), "end-to-end / model-only",
-            "steal"]
+    head = ["file", "date", "backbone", *(f"ONNX fp32 vs eager, batch {b}" for b in batches),
+            "end-to-end / model-only", "steal"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
     for path, d in items:
         eager = _eager(d["rows"])
         cells = [f"[{path.stem}](#{path.stem.lower()})", str(d.get("date", ""))[:10], cell(d.get("backbone", ""))]
         for b in batches:
-            onnx = [r["images_per_s"] for r in d["rows"] if r.get("kind") == "fused ONNX graph" and r["batch"] == b]
-            base = eager.get(b)
-            cells.append(f"{max(onnx) / base:.2f}x" if onnx and base else "–")
+            onnx = [vs_eager(r, eager) for r in d["rows"]
+                    if r.get("kind") == ONNX and r.get("precision") == "fp32" and r["batch"] == b]
+            onnx = [v for v in onnx if v is not None]
+            cells.append(f"{max(onnx):.2f}x" if onnx else "–")
         e = d.get("end_to_end") or {}
         cells.append(pct(e.get("ratio")))
         cells.append(pct(d.get("cpu_steal_table")) if d.get("cpu_steal_table") is not None else "–")

@@ -1,13 +1,21 @@
 """dga-bench: side by side in one run, on this machine.
 
 - reference: the papers' way, a PyTorch eager loop running the encoder once per view;
+- the best torch a user would write: the trained model's own forward, all views stacked into one
+  encoder batch through open_clip's encoder, eager and under ``torch.compile``;
 - ours: the fused module (one encoder pass over B * V) in torch and the exported graph on every
-  available backend, at each batch size;
+  available backend and precision (int8 graphs quantized from the fp32 one), at each batch size;
 - end-to-end: the Predictor over a folder of generated JPEGs of mixed sizes vs model-only (on the
   CPU also with the decode threads at normal priority), and decode alone on one worker; the CPU
   time of each pass bounds what end-to-end can reach where decode and the model share the same
   cores (``shared_core_ceiling``);
-- the physical limit: encoder FLOPs per view x views / measured peak matmul throughput.
+- the physical limit: encoder FLOPs per view x views / measured peak matmul throughput; each row's
+  measured FLOP/s as a fraction of it (``roofline``).
+
+Without a bundle, ``--backbone`` builds an untrained DGA bundle of any open_clip backbone on the
+embedded benchmark's 24 classes (``bench_bundle``): real shapes, no downloads. ``--budget-s``
+plans rounds, batch sizes and the end-to-end folder to finish within a time budget
+(``measure.plan_run``); the plan and the wall time of every phase are recorded.
 """
 
 from __future__ import annotations
@@ -15,23 +23,44 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dga.bench.measure import StealMeter, machine, peak_rss_mb, time_call, wall_and_cpu
-from dga.bench.reference import PerViewLoop
+from dga.bench.measure import (
+    CHEAP_CALL_S,
+    WARMUP_BELOW_S,
+    RunPlan,
+    StealMeter,
+    e2e_warmup_images,
+    machine,
+    peak_rss_mb,
+    plan_run,
+    spread,
+    time_call,
+    wall_and_cpu,
+)
+from dga.bench.reference import PerViewLoop, StackedViews, compile_module
+from dga.bench.render import EAGER, FUSED_TORCH, ONNX, STACKED
+from dga.errors import ConfigError
 from dga.fsutil import atomic_write
 from dga.runtime.pipeline import decoded_batches, default_workers
+
+BACKENDS = ("torch", "torch-stacked", "torch-compile", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "int8-static")  # int8: the package's own model.int8.onnx
+BUNDLE_CLASSES = "scene-fills-24"  # 24 classes -> 2 hierarchy levels -> DGA's default 7 views
 
 
 @dataclass
 class BenchOptions:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
-    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     repeat: int = 5
     min_time_s: float = 1.0  # per round, keep timing each configuration at least this long (noisy machines)
@@ -41,6 +70,66 @@ class BenchOptions:
     e2e_rounds: int = 8
     workers: int | None = None
     device: str = "auto"
+    budget_s: float | None = None  # plan rounds, batch sizes and the end-to-end run to finish within this
+    compile_timeout_s: float = 300.0  # torch.compile's first calls (a quarter of the budget at most)
+    calib_images: int = 16  # calibration images of the int8-static graph
+    command: str | None = None  # the command line that started the run, recorded in the JSON
+    started: float | None = None  # time.perf_counter() when the command started (its start-up counts); None: now
+
+    def validate(self) -> BenchOptions:
+        bad = [b for b in self.backends if b not in BACKENDS]
+        if bad:
+            raise ConfigError(f"--backends {','.join(bad)}: choose among {', '.join(BACKENDS)}")
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ConfigError(f"--precisions {','.join(bad)}: choose among {', '.join(PRECISIONS)}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError(f"--batch-sizes {self.batch_sizes} must be positive integers")
+        if self.rounds < 1 or self.repeat < 1 or self.e2e_rounds < 1 or self.e2e_batch < 1 or self.e2e_images < 1:
+            raise ConfigError("--rounds, --repeat, --e2e-rounds, --e2e-batch and --e2e-images must be at least 1")
+        if self.budget_s is not None and self.budget_s <= 0:
+            raise ConfigError(f"--budget-s {self.budget_s:g} must be a positive number of seconds")
+        if self.calib_images < 1:
+            raise ConfigError(f"--calib-images {self.calib_images} must be at least 1")
+        self.batch_sizes = sorted(set(self.batch_sizes))
+        return self
+
+
+@dataclass
+class Config:
+    """One timed configuration of the table: ``call(b)`` runs it once on the first b benchmark images."""
+
+    kind: str
+    backend: str
+    precision: str
+    call: Callable[[int], object]
+    facts: dict = field(default_factory=dict)  # recorded with its rows (CPU chunk, compile time)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} | {self.backend} | {self.precision}"
+
+
+class Phases:
+    """Wall seconds of each phase of the run, in the order they ran; ``started`` (a ``time.perf_counter()``
+    value) is when the run began, earlier than now where the command's start-up counts too."""
+
+    def __init__(self, started: float | None = None):
+        self.start, self.seconds = time.perf_counter() if started is None else started, {}
+        if self.start < time.perf_counter() - 0.5:
+            self.seconds["start-up"] = round(time.perf_counter() - self.start, 2)
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 2)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
 
 
 def _device(name: str) -> torch.device:
@@ -133,75 +222,111 @@ def shared_core_ceiling(model_wall_s: float, model_cpu_s: float, decode_cpu_s: f
     return model_wall_s / best_wall_s
 
 
-def run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None = None, log=print) -> dict:
-    """Time every configuration side by side; the exported package and JPEG folder live in a temporary
+
+def bench_bundle(backbone: str, pretrained: str | None, out: Path, seed: int = 0) -> Path:
+    """An untrained DGA bundle of ``backbone`` on the embedded benchmark's 24 classes, at S0 192.
+
+    Its two hierarchy levels give DGA's default 7 views; the hierarchy is built as dga-train
+    builds it, from one generated training image per class; the prompts are their initial
+    values and the class texts come from the benchmark's template. Speed does not depend on
+    what the prompts learned, so this is the real-size model without a download or a training run.
+    """
+    from dga.train.backbone import load_backbone
+    from dga.train.bundle import save_bundle
+    from dga.train.config import MethodConfig
+    from dga.train.data.imagefolder import list_images
+    from dga.train.data.images import eval_transform, open_rgb
+    from dga.train.methods import PrepareContext, create
+    from dga.train.scenebench import TEMPLATE, make_benchmark
+
+    data = out.parent / f"{out.stem}-data"
+    classnames = make_benchmark(data, per_split={"train": 1}, seed=seed, descriptions=False)
+    config = MethodConfig(template=TEMPLATE)
+    transform = eval_transform(config.s0)
+    items = [(p, classnames.index(Path(p).parent.name)) for p in list_images(data / "train")]
+
+    def train_batches():
+        for i in range(0, len(items), 8):
+            chunk = items[i:i + 8]
+            yield torch.stack([transform(open_rgb(p)) for p, _ in chunk]), torch.tensor([y for _, y in chunk])
+
+    model, cfg = create(PrepareContext(load_backbone(backbone, pretrained, seed=seed), classnames, config, {},
+                                       train_batches, seed=seed), "dga")
+    training = {"untrained": f"dga-bench --backbone: initial prompts on {BUNDLE_CLASSES}, 1 image per class"}
+    return save_bundle(out, model, cfg, classnames, training)
+
+
+def run_bench(bundle_path: Path | None, opts: BenchOptions, package_path: Path | None = None, log=print,
+              backbone: str | None = None, pretrained: str | None = None) -> dict:
+    """Time every configuration side by side; the bundle built from ``backbone`` (when no
+    ``bundle_path`` is given), the exported package and the JPEG folder live in a temporary
     directory that is removed afterwards, however the run ends."""
+    opts.validate()
+    if (bundle_path is None) == (backbone is None):
+        raise ConfigError("benchmark either a bundle (--ckpt) or an untrained model of a backbone (--backbone)")
     with tempfile.TemporaryDirectory(prefix="dga-bench-") as tmp:
-        return _run_bench(bundle_path, opts, package_path, log, Path(tmp))
+        return _run_bench(bundle_path, opts, package_path, log, Path(tmp), backbone, pretrained)
 
 
-def _run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None, log, tmp: Path) -> dict:
-    from dga.export.deploy_module import DeployModule
+def _run_bench(bundle_path: Path | None, opts: BenchOptions, package_path: Path | None, log, tmp: Path,
+               backbone: str | None, pretrained: str | None) -> dict:
     from dga.export.package import ExportOptions, export_package
-    from dga.runtime.backends.onnxruntime import OnnxRuntimeRunner
     from dga.runtime.package import DeployPackage
     from dga.train.bundle import load_bundle
     from dga.train.synthetic import sample_images
 
+    phase = Phases(opts.started)
     device = _device(opts.device)
-    bundle = load_bundle(bundle_path, device)
-    model = bundle.model.eval()
+    built = None
+    if bundle_path is None:
+        with phase("bundle"):
+            bundle_path = bench_bundle(backbone, pretrained, tmp / "bench.dga")
+        built = {"backbone": backbone, "pretrained": pretrained or "none (random init)", "classes": BUNDLE_CLASSES}
+        log(f"built an untrained DGA bundle of {backbone} ({built['pretrained']}) in {phase.seconds['bundle']:.0f} s")
+    with phase("load"):
+        bundle = load_bundle(bundle_path, device)
+        model = bundle.model.eval()
     s0, views = bundle.cfg["s0"], model.stack.num_views
+    max_b = max(opts.batch_sizes)
     if package_path is None:
         package_path = tmp / "bench.deploy"
-        max_b = max(max(opts.batch_sizes), opts.e2e_batch)
-        export_package(bundle_path, package_path, ExportOptions(max_batch=max_b, opt_batch=min(64, max_b),
-                                                                verify=False), log=lambda s: None)
+        export_max = max(max_b, opts.e2e_batch)
+        with phase("export"):
+            export_package(bundle_path, package_path, ExportOptions(
+                precision="fp16" if "fp16" in opts.precisions else "fp32", max_batch=export_max,
+                opt_batch=min(64, export_max), verify=False), log=lambda s: None)
+        log(f"exported the package in {phase.seconds['export']:.0f} s")
     package = DeployPackage.load(package_path)
-    images = sample_images(max(opts.batch_sizes), s0, seed=1)
+    images = sample_images(max_b, s0, seed=1)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    rows: list[dict] = []
-
-    loop = PerViewLoop(model)
-    fused = DeployModule(model, "fp32").to(device).eval()
-    runners = {}
-    if "onnxruntime" in opts.backends:
-        for precision in opts.precisions:
-            runners[precision] = OnnxRuntimeRunner(package, precision)
+    budget = opts.budget_s
     log(f"benchmark: {bundle.manifest['method']['name']} with {views} views, {bundle.manifest['backbone']['name']}, "
-        f"device {device}")
-    configs = []  # (kind, backend, precision, batch, fn)
-    for b in opts.batch_sizes:
-        x = torch.from_numpy(images[:b]).to(device)
-        configs.append(("eager per-view loop (papers)", f"torch:{device.type}", "fp32", b, lambda x=x: loop(x)))
-        if "torch" in opts.backends:
-            configs.append(("fused, one encoder pass", f"torch:{device.type}", "fp32", b, lambda x=x: fused(x)))
-            if device.type == "cuda":
-                def autocast_call(x=x):
-                    with torch.autocast("cuda", dtype=torch.float16):
-                        return fused(x)
-                configs.append(("fused, one encoder pass", "torch:cuda autocast", "fp16", b, autocast_call))
-        for precision, runner in runners.items():
-            configs.append(("fused ONNX graph", runner.name, precision, b,
-                            lambda r=runner, b=b: r.infer(images[:b])))
-    # Interleaved rounds: every configuration is timed once per round, so a slow spell of a shared
-    # machine hits all of them alike; each figure is the median over rounds.
-    timings: list[list[dict]] = [[] for _ in configs]
-    steal = StealMeter().start()
-    with torch.no_grad():
-        for r in range(opts.rounds):
-            for i, (*_, fn) in enumerate(configs):
-                timings[i].append(time_call(fn, warmup=2 if r == 0 else 1, repeat=opts.repeat,
-                                            min_time_s=opts.min_time_s, sync=sync))
-    table_steal = steal.stop()
-    for (kind, backend, precision, b, _), ts in zip(configs, timings, strict=True):
-        median_s = float(np.median([t["median_s"] for t in ts]))
-        row = {"kind": kind, "backend": backend, "precision": precision, "batch": b,
-               "images_per_s": b / median_s, "latency_ms": 1000 * median_s,
-               "p90_ms": 1000 * max(t["p90_s"] for t in ts), "peak_rss_mb": round(peak_rss_mb(), 1),
-               "rounds_images_per_s": [b / t["median_s"] for t in ts]}
-        rows.append(row)
-        log(f"  {kind:<28} {backend:<28} {precision:<5} batch {b:>4}: {row['images_per_s']:9.1f} images/s")
+        f"device {device}" + (f", budget {budget:.0f} s" if budget else ""))
+
+    configs, extra = build_configs(model, package, images, opts, device, tmp, phase, log)
+    with phase("limit"):
+        flops = encoder_flops(model, device)
+        peaks = peak_matmul_flops(device, torch.float16 if device.type == "cuda" else torch.float32)
+    peak = max(peaks.values())
+    limit = {"encoder_flops_per_view": flops, "views": views, "peak_matmul_flops_per_s": peak,
+             "peak_matmul_flops_per_s_by_library": peaks, "limit_images_per_s": peak / (flops * views)}
+
+    with phase("estimate"), torch.no_grad():
+        call_s = {c.label: estimate_call(lambda c=c: c.call(1), sync) for c in configs}
+    e2e_runner = extra["runners"][0] if extra["runners"] else None
+    e2e_s = call_s[e2e_runner[0].label] if e2e_runner else 0.0
+    requested = RunPlan(list(opts.batch_sizes), opts.rounds, opts.repeat, opts.min_time_s, opts.e2e_images,
+                        opts.e2e_batch, opts.e2e_rounds)
+    available = None if budget is None else budget - phase.elapsed()
+    plan = plan_run(call_s, e2e_s if e2e_runner else 0.0, requested, available)
+    if not e2e_runner:
+        plan.e2e_images = 0
+    log(f"plan: batches {plan.batch_sizes}, {plan.rounds} rounds x {plan.repeat} calls, end-to-end "
+        f"{plan.e2e_images} images x {plan.e2e_rounds} rounds, about {plan.estimated_s:.0f} s"
+        + (f" of {available:.0f} s left ({', '.join(plan.gave_up) or 'as requested'})" if budget else ""))
+
+    with phase("table"):
+        rows, agreement, table_steal = time_table(configs, plan, call_s, limit, sync, log)
     if device.type == "cuda":
         rows_peak = torch.cuda.max_memory_allocated() / 2**20
         for row in rows:
@@ -209,28 +334,195 @@ def _run_bench(bundle_path: Path, opts: BenchOptions, package_path: Path | None,
 
     # End-to-end: decoding real JPEG files of mixed sizes vs the same engine fed from memory.
     e2e = {}
-    if runners:
-        folder = tmp / "jpegs"
-        folder.mkdir()
-        paths = mixed_jpeg_folder(folder, opts.e2e_images)
-        precision = opts.precisions[0]
-        e2e = end_to_end_rounds(package, runners[precision], paths, images[:opts.e2e_batch], opts, log)
-
-    flops = encoder_flops(model, device)
-    peaks = peak_matmul_flops(device, torch.float16 if device.type == "cuda" else torch.float32)
-    peak = max(peaks.values())
-    limit = {"encoder_flops_per_view": flops, "views": views, "peak_matmul_flops_per_s": peak,
-             "peak_matmul_flops_per_s_by_library": peaks, "limit_images_per_s": peak / (flops * views)}
+    if e2e_runner:
+        with phase("end_to_end"):
+            folder = tmp / "jpegs"
+            folder.mkdir()
+            paths = mixed_jpeg_folder(folder, plan.e2e_images)
+            e2e_opts = replace(opts, e2e_images=plan.e2e_images, e2e_batch=plan.e2e_batch, e2e_rounds=plan.e2e_rounds)
+            batch = np.resize(images, (plan.e2e_batch, *images.shape[1:]))
+            e2e = end_to_end_rounds(package, e2e_runner[1], paths, batch, e2e_opts, log,
+                                    e2e_warmup_images(e2e_s, plan.e2e_batch))
     log(f"  physical limit: {flops / 1e9:.2f} GFLOP/view x {views} views at {peak / 1e9:.0f} GFLOP/s "
-        f"-> {limit['limit_images_per_s']:.0f} images/s")
-    chunks = {r.name: r.chunk for r in runners.values() if getattr(r, "chunk", None)}
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "runner_chunks": chunks,
-            "bundle": str(bundle_path), "method": bundle.manifest["method"]["name"],
-            "backbone": bundle.manifest["backbone"]["name"], "views": views, "s0": s0,
-            "rows": rows, "end_to_end": e2e, "limit": limit, "cpu_steal_table": table_steal}
+        f"-> {limit['limit_images_per_s']:.2f} images/s")
+    wall = phase.elapsed()
+    log(f"wall time {wall:.0f} s" + (f" (budget {budget:.0f} s)" if budget else ""))
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "command": opts.command,
+            "bundle": None if built else str(bundle_path), "bundle_built": built,
+            "method": bundle.manifest["method"]["name"], "backbone": bundle.manifest["backbone"]["name"],
+            "pretrained": bundle.manifest["backbone"].get("pretrained"), "views": views, "s0": s0,
+            "budget_s": budget, "plan": plan.to_json(), "wall_s": round(wall, 1), "phases_s": phase.seconds,
+            "cpu_chunks": extra["cpu_chunks"], "compile": extra["compile"], "quantize": extra["quantize"],
+            "rows": rows, "agreement": agreement, "end_to_end": e2e, "limit": limit, "cpu_steal_table": table_steal}
 
 
-def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opts: BenchOptions, log=print) -> dict:
+def estimate_call(fn: Callable[[], object], sync) -> float:
+    """Seconds of one call at batch 1, what the plan is made from; the first call is also the warm-up
+    of batch 1, and a cheap one is timed again (the first call of a configuration allocates)."""
+    first = time_call(fn, warmup=0, repeat=1, sync=sync)["median_s"]
+    if first >= CHEAP_CALL_S:
+        return first  # a cold call overestimates a little: the plan errs on the short side
+    return time_call(fn, warmup=0, repeat=3, sync=sync)["median_s"]
+
+
+def build_configs(model, package, images: np.ndarray, opts: BenchOptions, device: torch.device, tmp: Path,
+                  phase: Phases, log) -> tuple[list[Config], dict]:
+    """Every configuration of the table, built and (for torch.compile) compiled; int8 graphs quantized."""
+    from dga.export.deploy_module import DeployModule
+
+    tensors = {b: torch.from_numpy(images[:b]).to(device) for b in opts.batch_sizes}
+    tensors[1] = tensors.get(1, torch.from_numpy(images[:1]).to(device))
+    configs = []
+    loop = PerViewLoop(model)
+    torch_backend = f"torch:{device.type}"
+    configs.append(Config(EAGER, torch_backend, "fp32", lambda b: loop(tensors[b])))
+    if "torch-stacked" in opts.backends or "torch-compile" in opts.backends:
+        stacked = StackedViews(model).to(device).eval()
+        if "torch-stacked" in opts.backends:
+            configs.append(Config(STACKED, torch_backend, "fp32", lambda b: stacked(tensors[b])))
+    compile_facts = None
+    if "torch-compile" in opts.backends:
+        timeout = opts.compile_timeout_s if opts.budget_s is None else min(opts.compile_timeout_s, opts.budget_s / 4)
+        with phase("compile"):
+            examples = sorted(tensors)[:2]  # batch 1 and one more: every larger size reuses the second graph
+            compiled, compile_facts = compile_module(stacked, [tensors[b] for b in examples], timeout)
+        if compiled is None:
+            log(f"  {compile_facts['error']} (after {compile_facts['compile_s']:.0f} s): no torch.compile rows")
+        else:
+            log(f"  torch.compile: {compile_facts['compile_s']:.0f} s (first calls at batch {examples})")
+            configs.append(Config(STACKED, f"{torch_backend} compiled", "fp32", lambda b: compiled(tensors[b]),
+                                  {"compile_s": compile_facts["compile_s"]}))
+    if "torch" in opts.backends:
+        fused = DeployModule(model, "fp32").to(device).eval()
+        configs.append(Config(FUSED_TORCH, torch_backend, "fp32", lambda b: fused(tensors[b])[0]))
+        if device.type == "cuda":
+            def autocast_call(b):
+                with torch.autocast("cuda", dtype=torch.float16):
+                    return fused(tensors[b])[0]
+            configs.append(Config(FUSED_TORCH, "torch:cuda autocast", "fp16", autocast_call))
+    runners, chunks, quantized = [], {}, {}
+    if "onnxruntime" in opts.backends:
+        for precision in opts.precisions:
+            runner = onnx_runner(package, precision, images, opts, tmp, phase, quantized, log)
+            if runner is None:
+                continue
+            config = Config(ONNX, runner.name, precision, lambda b, r=runner: r.infer(images[:b])[0])
+            if runner.on_cpu:
+                chunks[precision] = {"chunk": runner.chunk, **runner.chunk_choice}
+                config.facts["cpu_chunk"] = runner.chunk
+                log(f"  {runner.name} {precision}: {runner.chunk or 'whole batch'} images per call "
+                    f"({runner.chunk_choice['source']})")
+            configs.append(config)
+            runners.append((config, runner))
+    return configs, {"runners": runners, "cpu_chunks": chunks, "compile": compile_facts, "quantize": quantized}
+
+
+def onnx_runner(package, precision: str, images: np.ndarray, opts: BenchOptions, tmp: Path, phase: Phases,
+                quantized: dict, log):
+    """The ONNX Runtime runner of one precision; int8-dynamic / int8-static graphs are quantized from the
+    package's fp32 graph first (export/quantize.py), with their time recorded in ``quantized``."""
+    from dga.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    if not precision.startswith("int8-"):
+        if precision not in package.precisions():
+            raise ConfigError(f"--precisions {precision}: the package has only {', '.join(package.precisions())}")
+        with phase("runners"):
+            return OnnxRuntimeRunner(package, precision)
+    from dga.export.quantize import quantize_int8
+    from dga.train.synthetic import sample_images
+
+    mode = precision.removeprefix("int8-")
+    calib = sample_images(opts.calib_images, package.s0, seed=3) if mode == "static" else None
+    out = tmp / f"model.{precision}.onnx"
+    start = time.perf_counter()
+    with phase("quantize"):
+        quantize_int8(package.onnx_path("fp32"), out, mode, calib, package.input_name)
+    quantized[precision] = {"seconds": round(time.perf_counter() - start, 1),
+                            "calibration_images": None if calib is None else len(calib),
+                            "bytes": out.stat().st_size}
+    log(f"  quantized {precision} in {quantized[precision]['seconds']:.0f} s")
+    with phase("runners"):
+        return OnnxRuntimeRunner(package, "int8", graph=out)
+
+
+def time_table(configs: list[Config], plan: RunPlan, call_s: dict[str, float], limit: dict, sync, log):
+    """Interleaved rounds over every configuration and batch size of ``plan``; the rows, the top-1
+    agreement of every configuration with the eager loop at the largest batch, and the CPU steal."""
+    # Every configuration is timed once per round, so a slow spell of a shared machine hits all of
+    # them alike; each figure is the median over rounds, each ratio the median of the rounds' ratios.
+    timings: dict[tuple[int, int], list[dict]] = {(i, b): [] for i in range(len(configs)) for b in plan.batch_sizes}
+    last_b = plan.batch_sizes[-1]
+    outputs: dict[int, np.ndarray] = {}
+
+    def timed(i: int, b: int):
+        out = configs[i].call(b)
+        if b == last_b:
+            outputs[i] = out
+        return out
+
+    steal = StealMeter().start()
+    with torch.no_grad():
+        for r in range(plan.rounds):
+            for b in plan.batch_sizes:
+                for i, c in enumerate(configs):
+                    call = call_s[c.label] * b
+                    # Round 0 warms up each new batch size (batch 1 was warmed by estimate_call) unless a
+                    # call takes seconds; later rounds warm up cheap calls only, whose caches the other
+                    # configurations flushed.
+                    if r == 0:
+                        warmup = 1 if 1 < b and call < WARMUP_BELOW_S else 0
+                    else:
+                        warmup = 1 if call < CHEAP_CALL_S else 0
+                    timings[i, b].append(time_call(lambda i=i, b=b: timed(i, b), warmup=warmup, repeat=plan.repeat,
+                                                   min_time_s=plan.min_time_s, sync=sync))
+    table_steal = steal.stop()
+    flops_per_image = limit["encoder_flops_per_view"] * limit["views"]
+    rows = []
+    for b in plan.batch_sizes:
+        eager = [t["median_s"] for t in timings[0, b]]  # configs[0] is the eager loop
+        for i, c in enumerate(configs):
+            secs = [t["median_s"] for t in timings[i, b]]
+            median_s = float(np.median(secs))
+            ratios = [e / s for e, s in zip(eager, secs, strict=True)]
+            row = {"kind": c.kind, "backend": c.backend, "precision": c.precision, "batch": b,
+                   "images_per_s": b / median_s, "latency_ms": 1000 * median_s,
+                   "p90_ms": 1000 * max(t["p90_s"] for t in timings[i, b]), "peak_rss_mb": round(peak_rss_mb(), 1),
+                   "rounds_images_per_s": [b / s for s in secs],
+                   "ms_per_image": spread([1000 * s / b for s in secs]),
+                   "vs_eager": spread(ratios),
+                   "roofline": b / median_s * flops_per_image / limit["peak_matmul_flops_per_s"],
+                   "calls": sum(t["calls"] for t in timings[i, b]), **c.facts}
+            rows.append(row)
+            log(f"  {c.kind:<32} {c.backend:<32} {c.precision:<12} batch {b:>4}: {row['images_per_s']:9.2f} "
+                f"images/s, {row['vs_eager']['median']:.2f}x eager, roofline {100 * row['roofline']:.0f} %")
+    return rows, top1_agreement(configs, outputs, last_b), table_steal
+
+
+def logits_of(out) -> np.ndarray:
+    if isinstance(out, torch.Tensor):
+        return out.detach().float().cpu().numpy()
+    return np.asarray(out, dtype=np.float32)
+
+
+def top1_agreement(configs: list[Config], outputs: dict[int, object], batch: int) -> list[dict]:
+    """Per configuration: share of the images whose top-1 class is the eager loop's (torch fp32), and the
+    largest logit difference, on the ``batch`` benchmark images of the largest batch size."""
+    if 0 not in outputs:
+        return []
+    ref = logits_of(outputs[0])
+    out = []
+    for i, c in enumerate(configs[1:], start=1):
+        if i not in outputs:
+            continue
+        got = logits_of(outputs[i])
+        out.append({"kind": c.kind, "backend": c.backend, "precision": c.precision, "images": batch,
+                    "top1_agreement": float(np.mean(got.argmax(1) == ref.argmax(1))),
+                    "max_abs_logit_diff": float(np.abs(got - ref).max())})
+    return out
+
+
+def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opts: BenchOptions, log=print,
+                      warmup_images: int | None = None) -> dict:
     """The ``Predictor`` over ``paths`` next to the same runner fed ``batch`` from memory, in rounds.
 
     Each round times model-only, end-to-end with the decode priority the Predictor picks (``auto``)
@@ -242,11 +534,12 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
     from dga.runtime.predictor import Predictor
 
     s0 = package.s0
+    warmup_images = opts.e2e_batch if warmup_images is None else warmup_images
     predictors = {"auto": Predictor(package, runner, topk=5, batch_size=opts.e2e_batch, workers=opts.workers)}
     if predictors["auto"].background_decode:
         predictors["normal"] = Predictor(package, runner, topk=5, batch_size=opts.e2e_batch, workers=opts.workers,
                                          decode_priority="normal")
-    list(predictors["auto"].iter_results(paths[:opts.e2e_batch]))  # warm up
+    list(predictors["auto"].iter_results(paths[:warmup_images]))  # warm up
     model_calls = max(1, len(paths) // opts.e2e_batch)
     counted = {}
 
@@ -316,75 +609,25 @@ def end_to_end_rounds(package, runner, paths: list[Path], batch: np.ndarray, opt
     return e2e
 
 
-def markdown(result: dict) -> str:
-    lines = [f"# dga-bench: {result['method']} ({result['views']} views), {result['backbone']}",
-             "", f"{result['date']} on {result['machine'].get('gpu') or result['machine']['cpu']} "
-             f"({result['machine']['cpu_count']} CPUs), torch {result['machine'].get('torch')}, "
-             f"onnxruntime {result['machine'].get('onnxruntime')}", "",
-             "| what | backend | precision | batch | images/s | latency ms |", "|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['kind']} | {r['backend']} | {r['precision']} | {r['batch']} | "
-                     f"{r['images_per_s']:.1f} | {r['latency_ms']:.1f} |")
-    for backend, chunk in result.get("runner_chunks", {}).items():
-        lines += ["", f"{backend} runs the graph on slices of at most {chunk} images per call "
-                  "(runtime/backends/onnxruntime.py: CPU_CHUNK)."]
-    e = result.get("end_to_end")
-    if e:
-        lo, hi = e["jpeg_sides_px"]
-        lines += ["", f"End-to-end over {e['images']} JPEGs (sides {lo}-{hi} px), "
-                  f"{e['backend']} {e['precision']} batch {e['batch']}: {e['end_to_end_images_per_s']:.1f} images/s "
-                  f"vs model-only {e['model_only_images_per_s']:.1f} images/s (medians over rounds)."]
-        if "round_ratios" not in e:  # results written before rounds were paired
-            lines[-1] = lines[-1][:-1] + f", {100 * e['ratio']:.0f} %."
-        else:
-            lines += ["", f"End-to-end / model-only: **{100 * e['ratio']:.0f} %**, the median of "
-                      f"{len(e['round_ratios'])} interleaved rounds' own ratios ({_percents(e['round_ratios'])} %); "
-                      f"the ratio of the medians above is {100 * e['ratio_of_medians']:.0f} %. "
-                      f"Decode threads at {e['decode_priority']} CPU priority"
-                      + (" (they gave way to normal priority during the rounds: the model waited for them)."
-                         if e.get("decode_gave_way") else ".")]
-        if "normal_priority" in e:
-            n = e["normal_priority"]
-            lines += ["", "The same rounds with the decode threads at normal priority: "
-                      f"{n['end_to_end_images_per_s']:.1f} images/s, **{100 * n['ratio']:.0f} %** of model-only "
-                      f"(rounds {_percents(n['round_ratios'])} %)."]
-        if "cores_busy" in e:
-            busy, ceiling = e["cores_busy"], 100 * e["shared_core_ceiling"]
-            lines += ["", "Where the time goes: decode alone on one worker runs at "
-                      f"{e['decode_one_worker_images_per_s']:.0f} images/s and costs "
-                      f"{e['decode_cpu_ms_per_image']:.2f} ms of CPU per image; the model alone kept "
-                      f"{busy['model_only']:.2f} of the {e['cores']} cores busy, end-to-end "
-                      f"{busy['end_to_end_auto']:.2f}. Decoding and the model cannot together go faster than the "
-                      f"cores do their work, so at best end-to-end would reach about **{ceiling:.0f} %** of "
-                      f"model-only here (median of the rounds' ceilings {_percents(e['round_ceilings'])} %; "
-                      "bench/run.py: shared_core_ceiling)"
-                      + (f"; end-to-end reached {100 * e['of_ceiling']:.0f} % of it (median over the rounds)."
-                         if "of_ceiling" in e else ".")]
-    steal = [result.get("cpu_steal_table")] + list((e or {}).get("cpu_steal_per_round", []))
-    if any(s is not None for s in steal):
-        rounds = ", ".join("?" if s is None else f"{100 * s:.0f}" for s in steal[1:])
-        table = "?" if steal[0] is None else f"{100 * steal[0]:.0f}"
-        lines += ["", f"CPU time the hypervisor gave to others while this run had work (steal, /proc/stat): "
-                  f"{table} % during the table" + (f", per end-to-end round {rounds} %" if rounds else "") + "."]
-    lim = result["limit"]
-    by_lib = lim.get("peak_matmul_flops_per_s_by_library")  # absent in results written before it existed
-    peaks = (" (square matmul: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in by_lib.items())
-             + " GFLOP/s; the fastest counts)") if by_lib else ""
-    lines += ["", f"Physical limit: {lim['encoder_flops_per_view'] / 1e9:.3f} GFLOP per view x {lim['views']} views "
-              f"at a measured {lim['peak_matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul peak = "
-              f"{lim['limit_images_per_s']:.0f} images/s{peaks}."]
-    return "\n".join(lines) + "\n"
-
 
 def _percents(ratios: list[float]) -> str:
     return ", ".join(f"{100 * x:.0f}" for x in ratios)
+
+
+def markdown(result: dict, name: str = "run") -> str:
+    """NAME.md: the run's section of the results page, rendered by the same code (bench/render.py)."""
+    from dga.bench.render import render_bench
+
+    lines = render_bench(Path(f"{name}.json"), result, f"{name}.json")
+    return "\n".join([f"# dga-bench: {result['method']} ({result['views']} views), {result['backbone']}", "",
+                      *lines[2:]]).rstrip("\n") + "\n"
 
 
 def write_results(result: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
     atomic_write(js, json.dumps(result, indent=1))
-    atomic_write(md, markdown(result))
+    atomic_write(md, markdown(result, name))
     return js, md
 
 
@@ -393,8 +636,9 @@ def default_name(result: dict) -> str:
     return f"bench-{result['method']}-{'gpu' if result['machine'].get('gpu') else 'cpu'}"
 
 
-def bench_to_files(bundle_path: Path, opts: BenchOptions, out_dir: Path, name: str | None = None,
-                   package_path: Path | None = None, log=print) -> tuple[Path, Path]:
+def bench_to_files(bundle_path: Path | None, opts: BenchOptions, out_dir: Path, name: str | None = None,
+                   package_path: Path | None = None, log=print, backbone: str | None = None,
+                   pretrained: str | None = None) -> tuple[Path, Path]:
     """dga-bench: ``run_bench`` then ``write_results`` (NAME.json and NAME.md side by side in ``out_dir``)."""
-    result = run_bench(bundle_path, opts, package_path, log=log)
+    result = run_bench(bundle_path, opts, package_path, log=log, backbone=backbone, pretrained=pretrained)
     return write_results(result, out_dir, name or default_name(result))

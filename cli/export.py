@@ -12,8 +12,9 @@ EPILOG = epilog([
     'dga-export --ckpt pets.dga --out pets.deploy',
     'dga-export --ckpt pets.dga --out pets.deploy --max-batch 256 --opt-batch 64 --engine',
     'dga-export --ckpt pets.dga --out pets-fast.deploy --views no-crops --eval-data data/pets',
-], 'The package holds model.onnx (fp32), model.fp16.onnx (unless --precision fp32), deploy.json '
-   'and, with --engine on a host with TensorRT and an NVIDIA GPU, engines/<key>.plan.')
+    'dga-export --ckpt pets.dga --out pets.deploy --int8 dynamic --eval-data data/pets   # + CPU int8 graph',
+], 'The package holds model.onnx (fp32), model.fp16.onnx (unless --precision fp32), model.int8.onnx (with '
+   '--int8), deploy.json and, with --engine on a host with TensorRT and an NVIDIA GPU, engines/<key>.plan.')
 
 
 def export(
@@ -33,6 +34,14 @@ def export(
                                               "module and each graph (e.g. to weigh --views no-crops)."),
     eval_split: str = typer.Option("test", help="Split of --eval-data to measure on."),
     opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
+    int8: str = typer.Option(None, "--int8", metavar="dynamic|static",
+                             help="Also write model.int8.onnx for CPUs, the encoder's MatMul/Gemm quantized: dynamic "
+                                  "(int8 weights; the faster one on CPUs without VNNI) or static (QDQ, calibrated)."),
+    int8_agreement: float = typer.Option(None, help="Keep the int8 graph only if its top-1 agreement with the fp32 "
+                                                    "torch module on the self-check and golden images is at least "
+                                                    "this percentage [99]."),
+    calib_images: Path = typer.Option(None, help="Folder of real images calibrating --int8 static (first 64) "
+                                                 "[the self-check images]."),
 ) -> None:
     """Export a bundle to a deployment package and check that it reproduces the trained model."""
     from dga.errors import ConfigError
@@ -43,11 +52,15 @@ def export(
         batches = [int(b) for b in verify_batches.split(",")]
     except ValueError as exc:
         raise ConfigError(f"--verify-batches {verify_batches!r} must be comma-separated integers") from exc
+    if int8 is None and int8_agreement is not None:
+        raise ConfigError("--int8-agreement is the gate of --int8: give --int8 dynamic or --int8 static with it")
     opts = ExportOptions(precision=precision, max_batch=max_batch, opt_batch=opt_batch, verify=verify,
                          verify_batches=batches, views=views, opset=opset, eval_data=eval_data,
-                         eval_split=eval_split)
+                         eval_split=eval_split, int8=int8)
+    if int8_agreement is not None:
+        opts.int8_agreement = int8_agreement
     export_bundle(ckpt, out, opts, verify_images=verify_images, engine=engine, workspace_gib=workspace_gib,
-                  log=typer.echo)
+                  calib_images=calib_images, log=typer.echo)
 
 
 app = single_command(export, export.__doc__, EPILOG)

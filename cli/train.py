@@ -14,6 +14,7 @@ EPILOG = epilog([
     'dga-train my_images/ --method dvp-cse --cause shape.json --cause colour.json --cause texture.json --out dvp.dga',
     'dga-train my_images/ --method dga --no-hkp --epochs 50 --out ablation.dga',
     'dga-train my_images/ --method dga --hierarchy-descriptions h.json --out described.dga',
+    'dga-train my_images/ --method dga --max-memory 12GB --out fits.dga',
 ], "")
 
 
@@ -64,12 +65,22 @@ def train(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     workers: int = typer.Option(0, help="Data loader worker processes."),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Autocast (fp16) on CUDA."),
+    micro_batch: int = typer.Option(None, help="Images per forward/backward pass; their gradients add up to one "
+                                               "step of the whole batch (the same update) [whole batch]."),
+    grad_checkpointing: bool = typer.Option(
+        None, "--grad-checkpointing/--no-grad-checkpointing",
+        help="Recompute each encoder block in the backward pass instead of keeping its activations (ViT "
+             "backbones; less memory, more compute) [off, or chosen by --max-memory]."),
+    max_memory: str = typer.Option(None, help="Memory budget of the training device, e.g. 12GB or 16GiB: "
+                                              "--micro-batch and --grad-checkpointing, where not given, are "
+                                              "chosen from an estimate (ViT backbones)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.work/."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots into the bundle."),
 ) -> None:
     """Train a visual-reprogramming method on a frozen open_clip backbone; write a .dga bundle."""
     from dga.errors import ConfigError
     from dga.train.config import MethodConfig, TrainConfig
+    from dga.train.memory import parse_memory_size
     from dga.train.run import TrainJob, run_training
 
     try:
@@ -88,7 +99,8 @@ def train(
                                 crop_step=crop_step, crops=crops, h0=h0, lam=lam, hkp=hkp, sg=sg, upf=upf, vg=vg),
         train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                               weight_decay=weight_decay, seed=seed, workers=workers, device=device, amp=amp,
-                              crop_scale=crop_scale),
+                              crop_scale=crop_scale, micro_batch=micro_batch, grad_checkpointing=grad_checkpointing,
+                              max_memory=parse_memory_size(max_memory) if max_memory is not None else None),
         resume=resume, plots=plots,
     )
     path, result, training = run_training(job)

@@ -1,6 +1,6 @@
 """Measured accuracy of an exported package on labelled data, next to the torch module's.
 
-What a user weighs before deploying a faster variant (``--views no-crops``) or fp16: the same
+What a user weighs before deploying a faster variant (``--views no-crops``, int8) or fp16: the same
 images, decoded exactly as in training's evaluation, through the torch module and each graph.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from dga.errors import DataError
 from dga.export.deploy_module import DeployModule
-from dga.export.verify import run_in_child, torch_logits
+from dga.export.verify import check_chunk, cpu_level, run_in_child, torch_logits
 from dga.runtime.ort_child import make_session
 from dga.runtime.package import ONNX_FILES
 
@@ -47,7 +47,7 @@ def accuracy_table(package: Path, reference: DeployModule, images: np.ndarray, l
             session = make_session(str(path))
             logits = np.concatenate([session.run(["logits"], {"images": images[i:i + batch]})[0] for i in chunks])
         else:
-            logits, note = run_in_child(path, images, "extended")
+            logits, note = run_in_child(path, images, cpu_level(precision), check_chunk(precision))
             if logits is None:
                 continue
         out[f"onnx_{precision}"] = acc(logits)

@@ -16,6 +16,10 @@ builds the 224-px prompted images (on a CPU the Pad and Add over them cost ~15 %
 when the padding is a whole number of patches it convolves S0-px views and pads the token grid,
 otherwise the convolution's own zero padding stands in for Pad. The numbers are the same up to
 float rounding (checked by the export self-check and tests).
+
+``sdpa=True`` runs the encoder's attention through torch's fused scaled-dot-product kernel when
+the module runs in torch (the torch-cuda runner, benchmarks); an export of such a module still
+writes the explicit matmul form (export/attention.py), so the graph does not depend on it.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ def foldable_padding(stack, conv: nn.Module) -> tuple[int, int] | None:
 class DeployModule(nn.Module):
     """images uint8 [B, S0, S0, 3] -> (logits [B, C] fp32, probs [B, C] fp32)."""
 
-    def __init__(self, model: ReprogramModel, precision: str = "fp32"):
+    def __init__(self, model: ReprogramModel, precision: str = "fp32", sdpa: bool = False):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -85,7 +89,7 @@ class DeployModule(nn.Module):
             self.register_buffer("biases", self.stack.biases().detach().float().clone())
         visual = model.backbone.clip.visual
         self.encoder = fp16_encoder(visual) if precision == "fp16" else copy.deepcopy(visual)
-        export_friendly(self.encoder)
+        export_friendly(self.encoder, sdpa)
         self.encoder.eval()
         self.token_padding = foldable_padding(self.stack, getattr(self.encoder, "conv1", None))
         if self.token_padding is not None:

@@ -269,8 +269,12 @@ def drop_exporter_node_metadata(model: ir.Model) -> None:
             del node.metadata_props[key]
 
 
+def encode_metadata(metadata: dict[str, object]) -> dict[str, str]:
+    """metadata_props entries: strings as they are, everything else JSON-encoded."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+
+
 def set_metadata(model: ir.Model, metadata: dict[str, object]) -> None:
-    """Store deployment facts in the model's metadata_props (JSON-encoded where not a string)."""
+    """Store deployment facts in the model's metadata_props (``encode_metadata``)."""
     model.metadata_props.clear()
-    for key, value in metadata.items():
-        model.metadata_props[key] = value if isinstance(value, str) else json.dumps(value)
+    model.metadata_props.update(encode_metadata(metadata))

@@ -154,6 +154,15 @@ ERRORS = {
     "crops-9": (lambda f, t: ["--crops", "9"], ["--crops 9 must be in 1..5"]),
     "level-sizes-text": (lambda f, t: ["--level-sizes", "8,two"], ["--level-sizes '8,two'"]),
     "epochs-0": (lambda f, t: ["--epochs", "0"], ["--epochs 0 must be at least 1"]),
+    "micro-batch-0": (lambda f, t: ["--micro-batch", "0"], ["--micro-batch 0 must be in 1..12"]),
+    "micro-batch-over-batch": (lambda f, t: ["--micro-batch", "13"], ["--micro-batch 13 must be in 1..12",
+                                                                      "at most --batch-size"]),
+    "max-memory-no-unit": (lambda f, t: ["--max-memory", "12"],
+                           ["--max-memory '12' is not a memory size", "e.g. 12GB or 16GiB"]),
+    # 1 GB is less than the fixed 1 GiB runtime allowance alone
+    "max-memory-too-small": (lambda f, t: ["--max-memory", "1GB"],
+                             ["--max-memory 1.00 GB is below the estimated", "with gradient checkpointing",
+                              "raise --max-memory"]),
 }
 
 
@@ -175,6 +184,20 @@ def test_train_user_errors(case, shapes_data, outdir, tmp_path, monkeypatch, cap
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert list(outdir.iterdir()) == [], "an error must leave no bundle and no temporary folder"
+
+
+def test_memory_options_reach_the_manifest(shapes_data, outdir, tmp_path, monkeypatch, capsys):
+    from dga.cli.train import main
+
+    argv = ["dga-train", *base_args(shapes_data, outdir, tmp_path / "splits"), "--method", "ar",
+            "--max-memory", "64GB", "--micro-batch", "5", "--no-grad-checkpointing"]
+    code, out, err = call_main(main, argv, monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads((outdir / "m.dga" / "manifest.json").read_text())
+    memory = manifest["training"]["memory"]
+    assert (memory["micro_batch"], memory["grad_checkpointing"], memory["max_memory"]) == (5, False, 64 * 10**9)
+    assert any("training in micro-batches of 5 images, gradient checkpointing off" in note
+               for note in manifest["training"]["notes"])
 
 
 def test_train_data_folder_missing(outdir, tmp_path, monkeypatch, capsys):

@@ -26,6 +26,7 @@ from dga.train.data.descriptions import load_descriptions
 from dga.train.data.fewshot import fewshot_splits
 from dga.train.data.images import eval_transform
 from dga.train.methods import PrepareContext, assemble, create
+from dga.train.resume import load_state
 from dga.train.run import TrainJob, run_training
 from dga.train.trainer import STATE_FILE, Trainer, make_loader
 
@@ -267,7 +268,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(shapes_data, splits
     monkeypatch.setattr(Trainer, "validate", original_validate)
     assert not out.exists(), "an interrupted run must not leave a bundle"
     assert (work / STATE_FILE).is_file()
-    state = torch.load(work / STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_state(work / STATE_FILE)
     assert state["epoch"] == 2 and len(state["metrics"]) == 2
     assert not list(tmp_path.glob(".cut.dga.tmp-*"))
 

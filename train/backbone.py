@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dga.errors import BackboneError
+from dga.errors import BackboneError, ConfigError
 
 PROJECT_CONFIG_DIR = Path(__file__).parent / "model_configs"
 SHIPPED_WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -82,6 +84,21 @@ class FrozenCLIP(nn.Module):
     @property
     def logit_scale(self) -> float:
         return self.info.logit_scale
+
+    def check_checkpointable(self) -> None:
+        """A one-line error unless open_clip can checkpoint this image encoder's blocks (ViT towers)."""
+        if not hasattr(getattr(self.clip.visual, "transformer", None), "grad_checkpointing"):
+            raise ConfigError(f"--grad-checkpointing needs a ViT image encoder; {self.info.name} has a "
+                              f"{type(self.clip.visual).__name__}: use --micro-batch instead")
+
+    def set_grad_checkpointing(self, enable: bool) -> None:
+        """Recompute each encoder block in the backward pass instead of keeping its activations.
+
+        open_clip's ViT runs ``torch.utils.checkpoint(..., use_reentrant=False)``: the gradient still
+        reaches the prompted pixels although every weight is frozen, and equals the one without.
+        """
+        self.check_checkpointable()
+        self.clip.visual.set_grad_checkpointing(bool(enable))
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [N, 3, H, W] -> unnormalised features [N, D]."""
@@ -151,7 +168,8 @@ def load_backbone(
     level = log.level
     log.setLevel(logging.ERROR)  # open_clip logs a warning for random init; we record it instead
     try:
-        clip = open_clip.create_model(name, pretrained=load_tag, device="cpu")
+        # weights_only: a local weight file is read as tensors, never unpickled into code
+        clip = open_clip.create_model(name, pretrained=load_tag, device="cpu", weights_only=True)
     except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors for downloads
         if load_tag and _is_published_tag(name, load_tag):
             raise BackboneError(
@@ -159,7 +177,15 @@ def load_backbone(
                 f"where the network is reachable (they are cached) or pass --pretrained with a "
                 f"local weight file"
             ) from exc
-        raise BackboneError(f"could not load backbone {name} with weights '{load_tag}': {exc}") from exc
+        if isinstance(exc, pickle.UnpicklingError):
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            what = f" (it refers to {found.group(1)})" if found else ""
+            raise BackboneError(
+                f"could not load backbone {name}: the weight file '{load_tag}' holds more than tensors{what} and "
+                f"dga never unpickles code from a file: save its state_dict alone, or as .safetensors"
+            ) from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(f"could not load backbone {name} with weights '{load_tag}': {first}") from exc
     finally:
         log.setLevel(level)
     if state_dict is not None:

@@ -76,6 +76,11 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # autocast on CUDA only
     crop_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (torchvision's default)
+    # Memory (train/memory.py): how a step runs, not what it computes, so not part of the
+    # settings a resumed run must share (MEMORY_OPTIONS): an interrupted run may resume with less.
+    micro_batch: int | None = None  # images per forward/backward; None = the whole batch
+    grad_checkpointing: bool | None = None  # None: off, or chosen from max_memory
+    max_memory: int | None = None  # bytes; chooses what of the two above is not given
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -90,4 +95,16 @@ class TrainConfig:
             raise ConfigError(f"--lr {self.lr} must be positive")
         if not 0.0 < self.crop_scale <= 1.0:
             raise ConfigError(f"--crop-scale {self.crop_scale} must be in (0, 1]")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch_size:
+            raise ConfigError(f"--micro-batch {self.micro_batch} must be in 1..{self.batch_size} "
+                              f"(images per forward pass, at most --batch-size)")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError(f"--max-memory {self.max_memory} must be more than 0 bytes")
         return self
+
+    def settings(self) -> dict:
+        """The options that decide what is computed (to_json without MEMORY_OPTIONS)."""
+        return {k: v for k, v in self.to_json().items() if k not in MEMORY_OPTIONS}
+
+
+MEMORY_OPTIONS = ("micro_batch", "grad_checkpointing", "max_memory")

@@ -43,14 +43,19 @@ class ReprogramModel(nn.Module):
         self.stack = stack
         self.head = head
 
-    def encode_views(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x [B, 3, S0, S0] in [0, 1] -> unit features [B, V, D] from ONE encoder pass."""
+    def encode_views(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                     crops: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """x [B, 3, S0, S0] in [0, 1] -> unit features [B, V, D] from ONE encoder pass.
+
+        ``crops``: training crop positions (ViewStack.draw_crops), drawn here when not given.
+        """
         b = x.shape[0]
-        feats = self.backbone.encode_image(self.stack(x, generator)).float()
+        feats = self.backbone.encode_image(self.stack(x, generator, crops)).float()
         return F.normalize(feats, dim=-1).view(b, self.stack.num_views, -1)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Outputs:
-        return self.head(self.encode_views(x, generator))
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                crops: list[torch.Tensor | None] | None = None) -> Outputs:
+        return self.head(self.encode_views(x, generator, crops))
 
     def loss(self, out: Outputs, y: torch.Tensor) -> torch.Tensor:
         return self.head.loss(out, y)

@@ -17,6 +17,7 @@ from dga.train.data.coop import load_dataset
 from dga.train.data.descriptions import load_descriptions, load_hierarchy_descriptions
 from dga.train.data.fewshot import fewshot_splits
 from dga.train.data.images import eval_transform
+from dga.train.memory import format_bytes, plan_for
 from dga.train.methods import PrepareContext, create, get_method
 from dga.train.methods.dga import HIERARCHY_ROLE
 from dga.train.trainer import METRICS_FILE, Trainer, TrainResult, make_loader, resolve_device
@@ -106,16 +107,20 @@ def run_training(job: TrainJob) -> tuple[Path, TrainResult, dict]:
     ctx = PrepareContext(backbone, classnames, job.method_cfg, descriptions, train_batches, seed=seed)
     torch.manual_seed(seed)
     model, cfg = create(ctx, job.method)
+    tc = job.train_cfg
+    memory = plan_for(model, tc.batch_size, tc.max_memory, tc.micro_batch, tc.grad_checkpointing)
+    if tc.max_memory is not None:
+        ctx.notes.append(f"--max-memory {format_bytes(tc.max_memory)}: training in {memory.describe()}")
     for note in ctx.notes:
         log.warning(note)
     fingerprint = {
         "method": cfg["method"], "config": {k: v for k, v in cfg.items() if k != "sentences"},
-        "train": job.train_cfg.to_json(), "backbone": [job.backbone, job.pretrained],
+        "train": tc.settings(), "backbone": [job.backbone, job.pretrained],
         "data": str(Path(job.data).resolve()), "shots": job.shots, "descriptions": description_sha256,
     }
     if job.workdir.exists() and not job.resume:
         shutil.rmtree(job.workdir)
-    trainer = Trainer(model, spec, job.train_cfg, few.train, few.val, job.workdir, fingerprint, job.progress)
+    trainer = Trainer(model, spec, tc, few.train, few.val, job.workdir, fingerprint, job.progress, memory)
     result = trainer.fit(resume=job.resume)
 
     training = {
@@ -124,6 +129,7 @@ def run_training(job: TrainJob) -> tuple[Path, TrainResult, dict]:
         "shots": job.shots, "seed": seed, "epochs": job.train_cfg.epochs, "schedule": job.train_cfg.to_json(),
         "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
         "wall_time_s": round(result.wall_time_s, 2), "device": str(device), "notes": ctx.notes,
+        "memory": memory.to_json(),  # how steps ran (micro-batch, checkpointing), chosen or given
         "descriptions": {r: str(p) for r, p in job.descriptions.items()},
         "descriptions_sha256": description_sha256,  # which files (hence which sentences) made the text rows
     }

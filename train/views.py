@@ -94,14 +94,29 @@ class ViewStack(nn.Module):
         mixed = torch.einsum("vp,pchw->vchw", self.mix, self.programs)
         return prompt_frame(self.kind, mixed, self.mask)
 
-    def view_images(self, x: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """Per view, the [B, 3, S0, S0] image it sees (fixed crops in eval, random in training)."""
+    def draw_crops(self, batch: int, generator: torch.Generator | None = None) -> list[torch.Tensor | None]:
+        """Training crops of a batch: per view, (top, left) of each image's random crop [B, 2] (None: whole image).
+
+        Drawn view after view, as one forward pass draws them; a batch split into micro-batches
+        passes slices of these, so its crops (and the random stream after them) do not change.
+        """
+        return [torch.randint(0, self.s0 - v.side + 1, (batch, 2), generator=generator) if v.side else None
+                for v in self.views]
+
+    def view_images(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                    crops: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """Per view, the [B, 3, S0, S0] image it sees (fixed crops in eval, random in training).
+
+        ``crops`` (training only): positions from ``draw_crops``; drawn here when not given.
+        """
+        if self.training and crops is None:
+            crops = self.draw_crops(x.shape[0], generator)
         out = []
-        for v in self.views:
+        for i, v in enumerate(self.views):
             if v.side == 0:
                 out.append(x)
             elif self.training:
-                out.append(random_crops(x, v.side, generator))
+                out.append(crops_at(x, crops[i], v.side))
             else:
                 out.append(crop_resize(x, v.box[0], v.box[1], v.side, self.s0))
         return out
@@ -110,23 +125,28 @@ class ViewStack(nn.Module):
         """[V, 3, size, size]: frame and normalisation folded into one constant per view."""
         return frame_bias(self.kind, self.frames(), self.mean[0], self.std[0])
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.build(x, self.biases(), generator)
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                crops: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        return self.build(x, self.biases(), generator, crops)
 
-    def build(self, x: torch.Tensor, biases: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def build(self, x: torch.Tensor, biases: torch.Tensor, generator: torch.Generator | None = None,
+              crops: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """All views of x as one encoder batch [B * V, 3, size, size] (export passes baked biases).
 
         Pixels are scaled by 1/std once; crops, padding and the per-view constant follow as one
         stacked tensor, so the graph has a few large ops instead of a few per view.
         """
-        views = self.view_images(x / self.std, generator)
+        views = self.view_images(x / self.std, generator, crops)
         stacked = place(self.kind, torch.stack(views, dim=1), self.size, self.s0)  # [B, V, 3, size, size]
         return (stacked + biases).flatten(0, 1)
 
 
-def random_crops(x: torch.Tensor, side: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One random side x side crop per image, resized back to S0 (training-time views)."""
-    far = x.shape[-1] - side
-    pos = torch.randint(0, far + 1, (x.shape[0], 2), generator=generator)
+def crops_at(x: torch.Tensor, pos: torch.Tensor, side: int) -> torch.Tensor:
+    """Image i's side x side crop at pos[i] = (top, left), resized back to S0 (training-time views)."""
     return torch.cat([crop_resize(x[i : i + 1], int(top), int(left), side)
                       for i, (top, left) in enumerate(pos.tolist())])
+
+
+def slice_crops(crops: list[torch.Tensor | None], lo: int, hi: int) -> list[torch.Tensor | None]:
+    """The crops of images lo..hi-1 of a batch (a micro-batch)."""
+    return [None if c is None else c[lo:hi] for c in crops]

@@ -1,7 +1,10 @@
 """Backends behind one small interface (Polygraphy-style runners): images in, logits + probs out.
 
 Each runner takes uint8 images [B, S0, S0, 3] (B <= its max batch) and returns
-``(logits, probs)`` as float32 numpy arrays [B, C]. ``open_runner`` picks one by name.
+``(logits, probs)`` as float32 numpy arrays [B, C]. ``open_runner`` picks one by name:
+tensorrt (an engine), onnxruntime (the ONNX graph), torch (the reference module from the bundle,
+fp32) and torch-cuda (that module in fp16 on a CUDA GPU with CUDA graphs, no TensorRT needed;
+it also takes uint8 torch tensors already on the GPU).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ def tensorrt_importable() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch", "torch-cuda")
 
 
 class Runner(Protocol):
@@ -75,6 +78,10 @@ def open_runner(package: DeployPackage, backend: str = "auto", precision: str = 
         from dga.runtime.backends.torch_ref import TorchRunner
 
         return TorchRunner(package, device="cuda" if torch_cuda() else "cpu")
+    if backend == "torch-cuda":
+        from dga.runtime.backends.torch_cuda import TorchCudaRunner
+
+        return TorchCudaRunner(package, "fp16" if precision == "auto" else precision, device)
     from dga.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     if precision == "auto":
